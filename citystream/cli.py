@@ -1,0 +1,69 @@
+"""``citystream``: one command line for the whole platform.
+
+Each command group lives in its own module and registers itself through a
+``register(subparsers)`` function; heavy imports happen inside the command
+handlers so that ``citystream --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from citystream import __version__
+from citystream.errors import UserError
+
+#: Modules that add sub-commands, in the order --help lists them.
+COMMAND_MODULES = [
+    "citystream.stack",
+    "citystream.topics",
+    "citystream.demo",
+    "citystream.jobscli",
+    "citystream.querycli",
+    "dashboards.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citystream",
+        description="Real-time analytics for a city's sensors: Kafka -> Flink -> ClickHouse.",
+        epilog="Every command has --help. Settings come from CITYSTREAM_* variables; "
+        "see `citystream config`.",
+    )
+    parser.add_argument("--version", action="version", version=f"citystream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    config = sub.add_parser("config", help="show the settings in force (secrets masked)")
+    config.set_defaults(handler=_show_config)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _show_config(args: argparse.Namespace) -> int:
+    from citystream import settings
+
+    current = settings.load()
+    by_field = {v: k for k, v in settings.ENV.items()}
+    for name, value in current.masked().items():
+        print(f"{name:24} {value:50} {by_field.get(name, '')}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"citystream: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("citystream: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Self-calibration (anomaly likelihood) and the alarm gate.
+
+Why this layer exists: a fixed threshold on a raw z-score, tuned on one set
+of streams, did not carry to others - one stream's residuals are heavy
+tailed, another's model is slightly wrong all the time. So instead of asking
+"is this residual big?" we ask "are this stream's *recent* scores unusually
+high compared with *its own* long-run scores?". The answer is a tail
+probability, comparable across streams, and the same alarm threshold then
+works on a tank level, a loop detector and a feeder current.
+
+The idea follows Numenta's anomaly likelihood (Ahmad et al., 2017): average
+the last few raw scores and compare that average with the long-run
+distribution of such averages. Differences from that description: raw
+scores are first turned into surprise (-ln of the tail probability) so that
+saturated scores near 1 still differ; the long-run distribution is an
+exponentially weighted mean/variance of the short averages (O(1) state
+instead of a stored history); and its updates are winsorised so one anomaly
+does not teach the stream that anomalies are normal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from citystream.detect.base import EXPLAIN_AT, MIN_TAIL, State, Step, is_missing, surprise, warming
+
+_SQRT2 = math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    """Wraps a detector; its score is P(recent average surprise is below what we see now).
+
+    ``short`` readings are averaged (a lone spike in a noisy stream is
+    diluted, a sustained shift accumulates); ``halflife`` (in readings) sets
+    how long "long-run" is. ``warmup`` counts readings after the inner
+    detector has warmed up.
+    """
+
+    inner: Any
+    short: int = 8
+    halflife: float = 1000.0
+    warmup: int = 100
+    clip: float = 4.0
+    min_std: float = 0.05
+    name: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.inner.name}+lik")
+        if self.short < 1 or self.warmup < 2:
+            raise ValueError("Likelihood needs short >= 1 and warmup >= 2")
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - 0.5 ** (1.0 / self.halflife)
+
+    def init(self) -> State:
+        return {"i": self.inner.init(), "w": [], "n": 0, "m": 0.0, "v": 0.0}
+
+    def ready(self, state: State, t_ms: int = 0) -> bool:
+        return self.inner.ready(state["i"], t_ms) and state["n"] >= self.warmup
+
+    def step(self, state: State, t_ms: int, value: float) -> Step:
+        if is_missing(value):
+            return state, 0.0, "missing value skipped"
+        scored = self.inner.ready(state["i"], t_ms)
+        inner_state, raw, why = self.inner.step(state["i"], t_ms, value)
+        if not scored:
+            return {**state, "i": inner_state}, 0.0, why
+        w = [*state["w"][-(self.short - 1) :], surprise(raw)] if self.short > 1 else [surprise(raw)]
+        if len(w) < self.short:
+            return {**state, "i": inner_state, "w": w}, 0.0, warming(0, self.warmup)
+        avg = (sum(w) / self.short) ** (1.0 / 3.0)
+        n, m, v = state["n"], state["m"], state["v"]
+        if n == 0:
+            return {"i": inner_state, "w": w, "n": 1, "m": avg, "v": 0.0}, 0.0, warming(1, self.warmup)
+        std = max(math.sqrt(v), self.min_std)
+        z = (avg - m) / std
+        d = avg - m
+        if n >= self.warmup and z > self.clip:
+            d = self.clip * std
+        a = max(self.alpha, 1.0 / (n + 1))
+        new = {"i": inner_state, "w": w, "n": n + 1, "m": m + a * d, "v": (1.0 - a) * (v + a * d * d)}
+        if n < self.warmup:
+            return new, 0.0, warming(n + 1, self.warmup)
+        score = 0.5 * math.erfc(-z / _SQRT2)
+        if score >= EXPLAIN_AT:
+            tail = max(1.0 - score, MIN_TAIL)
+            note = f"recent scores unusual for this stream (tail probability {tail:.1e})"
+            return new, score, f"{note}; {why}" if why else note
+        return new, score, ""
+
+
+@dataclass(frozen=True)
+class AlarmGate:
+    """Turns a score stream into rare alarms: hysteresis, minimum hold and refractory time.
+
+    Why: operators drown in repeats. A condition becomes *active* when the
+    score reaches ``on`` and stays active until it falls below ``off`` and
+    at least ``hold_ms`` have passed; an *alarm* is sent only when a
+    condition becomes active, and at most once per ``refractory_ms`` per key.
+    ``step`` returns score 1.0 exactly when an alarm is sent; ``active``
+    reads the condition (for hourly "under attack" style scoring).
+    """
+
+    on: float = 0.9999
+    off: float = 0.99
+    hold_ms: int = 0
+    refractory_ms: int = 0
+    name: str = "gate"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.off <= self.on <= 1.0:
+            raise ValueError("AlarmGate needs 0 <= off <= on <= 1")
+
+    def init(self) -> State:
+        return {"a": 0, "r": None, "f": None}
+
+    def ready(self, state: State, t_ms: int = 0) -> bool:
+        return True
+
+    @staticmethod
+    def active(state: State) -> bool:
+        return bool(state["a"])
+
+    def step(self, state: State, t_ms: int, score: float) -> Step:
+        if is_missing(score):
+            score = 0.0
+        was = bool(state["a"])
+        raised = state["r"]
+        if was:
+            now = score >= self.off or (raised is not None and t_ms - raised < self.hold_ms)
+        else:
+            now = score >= self.on
+        if now == was:
+            return state, 0.0, ""
+        if not now:
+            return {"a": 0, "r": raised, "f": state["f"]}, 0.0, ""
+        last = state["f"]
+        if last is not None and t_ms - last < self.refractory_ms:
+            return {"a": 1, "r": t_ms, "f": last}, 0.0, "alarm suppressed (refractory period)"
+        return {"a": 1, "r": t_ms, "f": t_ms}, 1.0, "alarm"
+
+
+def combine(scores: Sequence[float], method: str = "max") -> float:
+    """One score for several calibrated streams of one asset (e.g. all sensors of a pump).
+
+    ``max`` takes the most alarming stream. ``bonferroni`` multiplies the
+    smallest tail probability by the number of streams: with 40 sensors, one
+    of them will look 1-in-10,000 unusual far more often than one stream does.
+    """
+    vals = [s for s in scores if not is_missing(s)]
+    if not vals:
+        return 0.0
+    top = max(vals)
+    if method == "max":
+        return top
+    if method == "bonferroni":
+        return max(0.0, 1.0 - min(1.0, len(vals) * (1.0 - top)))
+    raise ValueError(f"unknown combine method {method!r}: use max or bonferroni")

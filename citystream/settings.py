@@ -1,0 +1,131 @@
+"""One typed, frozen settings object for every component.
+
+Why one object: the stack scripts, the jobs, the producer and the store must
+agree on ports, paths and topic names; reading the environment in one place
+(``ENV`` below names every variable) keeps them from drifting apart and lets
+``citystream config`` show exactly what a run will use, secrets masked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Repository root: the checkout that holds avro/, jobs/, infra/ ...
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Every environment variable citystream reads, with the field it sets.
+ENV: dict[str, str] = {
+    "CITYSTREAM_RUN_DIR": "run_dir",
+    "CITYSTREAM_JARS_DIR": "jars_dir",
+    "CITYSTREAM_KAFKA_PORT": "kafka_port",
+    "CITYSTREAM_KAFKA_CONTROLLER_PORT": "kafka_controller_port",
+    "CITYSTREAM_KAFKA_BOOTSTRAP": "kafka_bootstrap",
+    "CITYSTREAM_FLINK_PORT": "flink_rest_port",
+    "CITYSTREAM_FLINK_PARALLELISM": "flink_parallelism",
+    "CITYSTREAM_STORE_PORT": "store_port",
+    "CITYSTREAM_CLICKHOUSE_URL": "clickhouse_url",
+    "CITYSTREAM_CLICKHOUSE_USER": "clickhouse_user",
+    "CITYSTREAM_CLICKHOUSE_PASSWORD": "clickhouse_password",
+    "CITYSTREAM_CLICKHOUSE_DATABASE": "clickhouse_database",
+    "CITYSTREAM_CLICKHOUSE_VIEWER_USER": "clickhouse_viewer_user",
+    "CITYSTREAM_CLICKHOUSE_VIEWER_PASSWORD": "clickhouse_viewer_password",
+    "CITYSTREAM_TOPIC_PREFIX": "topic_prefix",
+    "CITYSTREAM_GRAFANA_URL": "grafana_url",
+    "CITYSTREAM_GRAFANA_TOKEN": "grafana_token",
+    "CITYSTREAM_GRAFANA_USER": "grafana_user",
+    "CITYSTREAM_GRAFANA_PASSWORD": "grafana_password",
+}
+
+SECRETS = frozenset({"clickhouse_password", "grafana_token", "grafana_password"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a citystream process needs to find the others.
+
+    Empty ``kafka_bootstrap`` / ``clickhouse_url`` mean "the local stack":
+    they are derived from the ports, so changing one port is enough.
+    """
+
+    run_dir: Path = ROOT / ".run"
+    jars_dir: Path = ROOT / ".cache" / "jars"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_bootstrap: str = ""
+    flink_rest_port: int = 8081
+    flink_parallelism: int = 1
+    store_port: int = 8123
+    clickhouse_url: str = ""
+    clickhouse_user: str = "default"
+    clickhouse_password: str = field(default="", repr=False)
+    clickhouse_database: str = "citystream"
+    clickhouse_viewer_user: str = "viewer"
+    clickhouse_viewer_password: str = field(default="", repr=False)
+    topic_prefix: str = "citystream."
+    grafana_url: str = "http://127.0.0.1:3000"
+    grafana_token: str = field(default="", repr=False)
+    grafana_user: str = ""
+    grafana_password: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.kafka_bootstrap:
+            object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
+        if not self.clickhouse_url:
+            object.__setattr__(self, "clickhouse_url", f"http://127.0.0.1:{self.store_port}")
+
+    @property
+    def embedded_store(self) -> bool:
+        """True when the store is our own chdb process rather than a ClickHouse server."""
+        return self.clickhouse_url == f"http://127.0.0.1:{self.store_port}"
+
+    def topic(self, name: str) -> str:
+        """Full topic name, e.g. ``topic("readings.grid")`` -> ``citystream.readings.grid``."""
+        return f"{self.topic_prefix}{name}"
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed (derived URLs are re-derived when left at defaults)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if "kafka_port" in changes and "kafka_bootstrap" not in changes:
+            values["kafka_bootstrap"] = ""
+        if "store_port" in changes and "clickhouse_url" not in changes:
+            values["clickhouse_url"] = ""
+        values.update(changes)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as CITYSTREAM_* variables, so a child process (a Flink job) sees the same."""
+        return {var: str(getattr(self, name)) for var, name in ENV.items()}
+
+    def masked(self) -> dict[str, str]:
+        """Field -> printable value, with secrets replaced by '***'."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.name in SECRETS and value else str(value)
+        return out
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment; a malformed number fails with the variable's name."""
+    environ = os.environ if environ is None else environ
+    types = {f.name: f.type for f in dataclasses.fields(Settings)}
+    values: dict[str, object] = {}
+    for var, name in ENV.items():
+        raw = environ.get(var)
+        if raw is None or raw == "":
+            continue
+        kind = types[name]
+        if kind == "int":
+            try:
+                values[name] = int(raw)
+            except ValueError:
+                raise ValueError(f"{var}={raw!r} is not a whole number") from None
+        elif kind == "Path":
+            values[name] = Path(raw).expanduser().resolve()
+        else:
+            values[name] = raw
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,7 @@
+"""A seeded city of traffic, water and grid sensors with labelled anomalies and realistic imperfections.
+
+Modules: ``model`` (zones, sites, sensors, topology), ``signals`` (vectorised
+generators), ``anomalies`` (ground truth), ``imperfections`` (what real feeds
+do), ``codec`` (column-wise Avro), ``engine`` (the run loop), ``calibration``
+(against public data), ``cli`` (``citystream simulate``).
+"""

@@ -1,0 +1,312 @@
+"""``citystream simulate``: a seeded city feeding the readings and labels topics.
+
+Why a thin layer: everything that decides the bytes lives in ``engine`` (and
+is tested there); this module only turns flags into a ``SimConfig``, refuses
+bad input with one line, opens the producer and prints the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from citystream.errors import UserError
+
+DOMAIN_NAMES = ("traffic", "water", "grid")
+DEFAULT_START = "2026-01-05T00:00:00Z"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_RATE_FLAGS = ("out_of_order", "late", "duplicates", "gaps", "clock_skew", "silent", "poison")
+
+
+def parse_duration(text: str) -> int:
+    """Milliseconds in ``10m``, ``1h30m``, ``90s``, ``2d`` or a plain number of seconds."""
+    s = text.strip().lower()
+    try:
+        seconds = float(s)
+    except ValueError:
+        pass
+    else:
+        if seconds <= 0:
+            raise UserError(f"--duration must be positive, got {text!r}")
+        return int(seconds * 1000)
+    pos = 0
+    total = 0.0
+    for m in _DURATION.finditer(s):
+        if m.start() != pos and s[pos : m.start()].strip():
+            break
+        total += float(m.group(1)) * _UNIT_MS[m.group(2)]
+        pos = m.end()
+    if pos == 0 or s[pos:].strip():
+        raise UserError(f"--duration {text!r} is not a duration like 10m, 1h30m, 90s or 2d")
+    if total <= 0:
+        raise UserError(f"--duration must be positive, got {text!r}")
+    return int(total)
+
+
+def parse_time(text: str, flag: str = "--start") -> int:
+    """UTC epoch milliseconds of an ISO 8601 time (no zone means UTC)."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UserError(f"{flag} {text!r} is not an ISO 8601 time like 2026-01-05T00:00:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def parse_speed(text: str) -> float | None:
+    """None for ``max``, 1.0 for ``realtime``, else a positive factor."""
+    t = text.strip().lower()
+    if t == "max":
+        return None
+    if t in ("realtime", "real-time", "1x"):
+        return 1.0
+    try:
+        factor = float(t.removesuffix("x"))
+    except ValueError:
+        raise UserError(f"--speed {text!r}: use realtime, max or a factor like 10") from None
+    if factor <= 0:
+        raise UserError(f"--speed must be positive, got {text!r}")
+    return factor
+
+
+def parse_domains(text: str) -> tuple[str, ...]:
+    names = [d.strip().lower() for d in text.split(",") if d.strip()]
+    unknown = [d for d in names if d not in DOMAIN_NAMES]
+    if unknown:
+        raise UserError(f"unknown domain {unknown[0]!r}: choose from {', '.join(DOMAIN_NAMES)}")
+    if not names:
+        raise UserError("--domains is empty: choose from traffic, water, grid")
+    return tuple(d for d in DOMAIN_NAMES if d in names)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Progress:
+    """One self-overwriting stderr line: share done, simulated time, events and events/s."""
+
+    def __init__(self, stream: Any = None, min_interval_s: float = 0.5) -> None:
+        self.stream = stream or sys.stderr
+        self.began = time.monotonic()
+        self.last = 0.0
+        self.min_interval_s = min_interval_s
+
+    def __call__(self, share: float, sim_ms: int, sent: int) -> None:
+        now = time.monotonic()
+        if share < 1.0 and now - self.last < self.min_interval_s:
+            return
+        self.last = now
+        elapsed = max(now - self.began, 1e-9)
+        bar = "#" * int(share * 30)
+        self.stream.write(
+            f"\r[{bar:<30}] {share * 100:5.1f}%  {_iso(sim_ms)}  "
+            f"{sent:>11,} events  {sent / elapsed:>9,.0f} ev/s"
+        )
+        if share >= 1.0:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def format_summary(summary: dict[str, Any], labels_file: Path | None, dry_run: bool) -> str:
+    """The human summary: per domain readings and exactly what was injected."""
+    lines = [
+        f"simulated {_iso(summary['start_ms'])} .. {_iso(summary['end_ms'])}, {summary['sensors']} sensors, "
+        f"one reading each every {summary['interval_ms'] / 1000:g} s, seed {summary['seed']}"
+        + (" (dry run: nothing sent)" if dry_run else ""),
+        f"{'domain':8} {'sensors':>7} {'readings':>9} {'ooo':>6} {'late':>5} {'dups':>5} {'gaps':>11} "
+        f"{'skewed':>11} {'silent':>10} {'poison u/n/i':>13}  anomalies",
+    ]
+    for domain, d in summary["domains"].items():
+        imp = d["imperfections"]
+        p = imp["poison"]
+        anomalies = ", ".join(f"{k} {v}" for k, v in sorted(d["anomalies"].items())) or "-"
+        lines.append(
+            f"{domain:8} {d['sensors']:>7} {d['readings_sent']:>9} {imp['out_of_order']:>6} {imp['late']:>5} "
+            f"{imp['duplicates']:>5} {imp['gap_readings']:>5} in {imp['gap_episodes']:>2} "
+            f"{imp['skewed_readings']:>5} of {imp['skewed_sensors']:>2} "
+            f"{imp['silent_readings']:>4} of {imp['silent_sensors']:>2} "
+            f"{p['undecodable']:>4}/{p['nan']}/{p['impossible']}  {anomalies}"
+        )
+    where = f" and {labels_file}" if labels_file else ""
+    lines.append(
+        f"labels: {summary['labels']} -> {'(dry run)' if dry_run else summary['labels_topic']}{where}"
+    )
+    eps = summary.get("events_per_s")
+    lines.append(
+        f"readings: {summary['readings_sent']} in {summary['elapsed_s']:.2f} s"
+        + (f" ({eps:,} events/s)" if eps else "")
+    )
+    return "\n".join(lines)
+
+
+def _rate(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    return v
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="simulate a city's traffic, water and grid sensors into Kafka (seeded, with labelled anomalies)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--seed", type=int, default=7, help="random seed: same seed, same bytes (default 7)")
+    p.add_argument("--duration", default="10m", help="simulated time span: 10m, 1h30m, 90s, 2d (default 10m)")
+    p.add_argument(
+        "--start", default=DEFAULT_START, help=f"simulated start, ISO 8601 (default {DEFAULT_START})"
+    )
+    p.add_argument(
+        "--speed", default="max", help="realtime, max (as fast as possible) or a factor like 60 (default max)"
+    )
+    p.add_argument("--rate", type=_rate, default=3.0, help="readings per sensor per minute (default 3)")
+    p.add_argument(
+        "--sensors", type=int, default=300, help="sensors in the city, split over domains (default 300)"
+    )
+    p.add_argument("--domains", default="traffic,water,grid", help="comma-separated (default all three)")
+    p.add_argument("--labels-file", type=Path, default=None, help="also write labels as JSONL here")
+    p.add_argument("--dry-run", action="store_true", help="generate and count, send nothing")
+    p.add_argument(
+        "--imperfections",
+        choices=("none", "light", "heavy"),
+        default="light",
+        help="preset imperfection rates; the flags below override single rates (default light)",
+    )
+    for name in _RATE_FLAGS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=_rate, default=None, metavar="SHARE")
+    p.add_argument("--watermark-s", type=_rate, default=30.0, help="out-of-order bound, seconds (default 30)")
+    p.add_argument(
+        "--late-max-s", type=_rate, default=300.0, help="latest late arrival, seconds (default 300)"
+    )
+    p.add_argument(
+        "--anomalies-per-hour",
+        type=_rate,
+        default=12.0,
+        help="per domain per simulated hour; 0 = none (default 12)",
+    )
+    p.add_argument("--bootstrap", default=None, help="Kafka HOST:PORT (default: CITYSTREAM_KAFKA_BOOTSTRAP)")
+    p.add_argument("--summary-json", type=Path, default=None, help="write the summary as JSON here")
+    p.add_argument("--city-json", type=Path, default=None, help="write the city model (ids, topology) here")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal)",
+    )
+    p.set_defaults(handler=_cmd_simulate)
+
+
+def build_config(args: argparse.Namespace, topic_prefix: str) -> Any:
+    """SimConfig from parsed flags; every problem is a one-line UserError."""
+    from citystream.simulator.engine import SimConfig
+    from citystream.simulator.imperfections import Rates
+
+    if args.rate <= 0 or args.rate > 600:
+        raise UserError(f"--rate must be between 0 and 600 readings per sensor per minute, got {args.rate:g}")
+    domains = parse_domains(args.domains)
+    if args.sensors < len(domains):
+        raise UserError(f"--sensors must be at least {len(domains)} (one per domain), got {args.sensors}")
+    if args.sensors > 1_000_000:
+        raise UserError(f"--sensors {args.sensors} is more than this simulator is meant for (1,000,000)")
+    if args.anomalies_per_hour < 0:
+        raise UserError(f"--anomalies-per-hour must not be negative, got {args.anomalies_per_hour:g}")
+    rates = Rates.preset(
+        args.imperfections,
+        watermark_s=args.watermark_s,
+        late_max_s=args.late_max_s,
+        **{name: getattr(args, name) for name in _RATE_FLAGS},
+    )
+    problems = rates.validate()
+    if problems:
+        raise UserError(problems[0])
+    cfg = SimConfig(
+        seed=args.seed,
+        start_ms=parse_time(args.start),
+        duration_ms=parse_duration(args.duration),
+        rate_per_min=args.rate,
+        sensors=args.sensors,
+        domains=domains,
+        speed=parse_speed(args.speed),
+        rates=rates,
+        anomalies_per_hour=args.anomalies_per_hour,
+        topic_prefix=topic_prefix,
+    )
+    if cfg.n_steps < 1:
+        raise UserError(
+            f"--duration {args.duration} is shorter than one reading interval "
+            f"({cfg.dt_ms / 1000:g} s at --rate {args.rate:g})"
+        )
+    return cfg
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from citystream import settings
+    from citystream.simulator.engine import CountingSink, KafkaSink, Simulation
+
+    try:
+        current = settings.load()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    cfg = build_config(args, current.topic_prefix)
+    sim = Simulation(cfg)
+    if args.city_json:
+        _write_json(args.city_json, sim.city.to_dict())
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = Progress() if show else None
+    if args.dry_run:
+        summary = sim.run(CountingSink(), labels_file=args.labels_file, progress=progress)
+    else:
+        from connectors.producer import ReadingProducer
+
+        bootstrap = args.bootstrap or current.kafka_bootstrap
+        compression = prepare_topics(bootstrap, cfg.topic_prefix)
+        with ReadingProducer(
+            bootstrap, compression=compression, client_id="citystream-simulator"
+        ) as producer:
+            summary = sim.run(KafkaSink(producer), labels_file=args.labels_file, progress=progress)
+            producer.flush()
+            expected = summary["readings_sent"] + summary["labels"]
+            if producer.sent != expected:
+                raise UserError(f"Kafka acknowledged {producer.sent} of {expected} records")
+        summary["acknowledged"] = expected
+    if args.summary_json:
+        _write_json(args.summary_json, summary)
+    print(format_summary(summary, args.labels_file, args.dry_run))
+    return 0
+
+
+def prepare_topics(bootstrap: str, prefix: str) -> str:
+    """Create the topics declared in infra/topics.toml if missing; the readings topics' codec.
+
+    Why here: producing to a missing topic would auto-create it with one
+    partition and broker defaults, silently diverging from the spec. Producing
+    with the topic's own codec spares the broker a recompression.
+    """
+    from citystream import topics
+
+    topics.ensure_topics(bootstrap, prefix)
+    codecs = {
+        s.configs.get("compression.type") for s in topics.load_spec() if s.suffix.startswith("readings.")
+    }
+    codec = codecs.pop() if len(codecs) == 1 else "lz4"
+    return codec if codec in ("lz4", "zstd", "snappy", "gzip") else "lz4"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None

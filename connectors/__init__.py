@@ -1,0 +1,1 @@
+"""Bridges between citystream and the outside world (Kafka producers, importers' sinks)."""

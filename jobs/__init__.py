@@ -1,0 +1,1 @@
+"""PyFlink jobs. Each module exposes a pure ``Table -> Table`` function and a thin ``main()``."""

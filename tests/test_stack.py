@@ -1,0 +1,85 @@
+"""The local stack end to end: up, the demo slice on the standalone Flink cluster, status, down, up again.
+
+One test on purpose: starting Kafka, Flink and the store costs most of a
+minute on two cores, and each step depends on the one before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from citystream import stack
+from citystream.cli import main
+from tests.conftest import stack_settings
+
+pytestmark = pytest.mark.integration
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid_dir in Path("/proc").iterdir():
+        if pid_dir.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = pid_dir.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = pid_dir.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0]
+                if text in cmd and state != "Z":
+                    found.append(f"{pid_dir.name}: {cmd[:120]}")
+    return found
+
+
+def _status_cli(settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:  # noqa: ANN001
+    for var, value in settings.to_env().items():
+        monkeypatch.setenv(var, value)
+    code = main(["stack", "status"])
+    return code, capsys.readouterr().out
+
+
+def test_stack_lifecycle_with_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from citystream import demo
+    from citystream.store.client import connect
+
+    settings = stack_settings(tmp_path / "run")
+    run_dir = str(settings.run_dir)
+    log: list[str] = []
+    try:
+        assert demo.run(settings, sensors=2, minutes=2, keep_running=True, echo=lambda *a, **k: log.append(
+            " ".join(map(str, a)))) == 0, "\n".join(log)
+        assert any(line.startswith("OK: all 12 ") for line in log), "\n".join(log)
+
+        code, out = _status_cli(settings, monkeypatch, capsys)
+        assert code == 0, out
+        assert [line.split()[1] for line in out.splitlines()[1:]] == ["healthy"] * 3, out
+
+        stack.down(settings, echo=lambda *a, **k: None)
+        assert _processes_mentioning(run_dir) == []
+        code, out = _status_cli(settings, monkeypatch, capsys)
+        assert code == 1
+        assert [line.split()[1] for line in out.splitlines()[1:]] == ["stopped"] * 3, out
+
+        # Up again: the broker's topics and the store's rows are still there.
+        stack.up(settings, echo=lambda *a, **k: None)
+        client = connect(settings, readonly=True)
+        try:
+            kept = client.command("SELECT count() FROM window_aggregates FINAL WHERE key_id LIKE 'demo-grid-%'")
+        finally:
+            client.close()
+        assert kept == 12
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        try:
+            assert "citystream.demo.readings.grid" in admin.list_topics()
+        finally:
+            admin.close()
+
+        stack.down(settings, purge=True, echo=lambda *a, **k: None)
+        assert _processes_mentioning(run_dir) == []
+        assert not (settings.run_dir / "kafka").exists()
+        assert not (settings.run_dir / "store").exists()
+    finally:
+        stack.down(settings, echo=lambda *a, **k: None)

@@ -22,7 +22,11 @@ COMMAND_MODULES = [
     "citystream.demo",
     "citystream.jobscli",
     "citystream.querycli",
+    "citystream.store.cli",
     "dashboards.cli",
+    "citystream.simulator.cli",
+    "citystream.importer",
+    "citystream.detect.cli",
 ]
 
 
@@ -52,7 +56,16 @@ def _show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (e.g. `timeout`, CI) unwinds like Ctrl-C, so `finally` blocks stop what we started.
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -140,10 +140,8 @@ def _fresh_topics(settings: Settings, topics: list[str]) -> None:
     try:
         doomed = [t for t in topics if t in set(admin.list_topics())]
         if doomed:
-            try:
+            with contextlib.suppress(UnknownTopicOrPartitionError):
                 admin.delete_topics(doomed)
-            except UnknownTopicOrPartitionError:
-                pass
             if not wait_until(lambda: not set(doomed) & set(admin.list_topics()), 60):
                 raise UserError(f"Kafka did not delete the old demo topics {doomed}")
     finally:

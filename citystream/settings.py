@@ -40,7 +40,9 @@ ENV: dict[str, str] = {
     "CITYSTREAM_GRAFANA_PASSWORD": "grafana_password",
 }
 
-SECRETS = frozenset({"clickhouse_password", "grafana_token", "grafana_password"})
+SECRETS = frozenset(
+    {"clickhouse_password", "clickhouse_viewer_password", "grafana_token", "grafana_password"}
+)
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,11 @@ class Service(ABC):
         if pid is None:
             state = "crashed" if self.state_file.exists() else "stopped"
             return Status(self.name, state, None, self.port, f"log: {self.log}" if state == "crashed" else "")
-        if self.healthy():
+        try:
+            healthy = self.healthy()
+        except Exception:
+            healthy = False
+        if healthy:
             return Status(self.name, "healthy", pid, self.port, self.detail())
         return Status(self.name, "unhealthy", pid, self.port, f"log: {self.log}")
 
@@ -403,8 +407,17 @@ class Store(Service):
         return f"chdb, data {self.data_dir}, {self.settings.clickhouse_url}"
 
 
+def _quiet_client_logs() -> None:
+    """Health polls fail until a server is up; the clients' own error logs would only be noise."""
+    import logging
+
+    for name in ("clickhouse_connect", "kafka"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def services(settings: Settings) -> list[Service]:
     """The services ``up`` starts, in start order (a real ClickHouse server is not ours to start)."""
+    _quiet_client_logs()
     found: list[Service] = []
     if settings.embedded_store:
         found.append(Store(settings))

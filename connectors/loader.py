@@ -77,11 +77,14 @@ def load(
     progress: Callable[[LoadStats], None] | None = None,
     max_backoff_s: float = 30.0,
 ) -> LoadStats:
-    """Move result records into the store; with ``until_end`` stop once the topics' current ends are loaded."""
-    from citystream.store.client import connect
+    """Move result records into the store.
+
+    With ``until_end`` it stops once the offsets that were current at start are loaded.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
     from citystream import contracts
+    from citystream.store.client import connect
 
     by_topic = {r.topic: r for r in routes(settings)}
     client = connect(settings)

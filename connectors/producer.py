@@ -1,16 +1,19 @@
 """Write readings to Kafka fast, and never lose one without saying so.
 
 Why confluent-kafka (librdkafka) and not kafka-python: measured on the 2-core
-dev machine against a real KRaft broker (Kafka 4.1.1), 100-byte Avro values,
-acks=all, idempotence, lz4, linger 20 ms, 256 KiB batches:
+dev machine against a real KRaft broker (Kafka 4.1.1), ~100-byte Avro values,
+acks=all, idempotence, linger 20 ms, 256 KiB batches, pre-encoded values:
 
-* kafka-python 3.0.12: ~30,000 records/s (pure Python batching and lz4 framing)
-* confluent-kafka 2.16.1, per-record delivery callback: ~250,000 records/s
-* confluent-kafka 2.16.1, error-only delivery reports (what this module does): ~430,000 records/s
+* kafka-python 3.0.12, lz4: ~30,000 records/s (pure-Python batching and framing)
+* confluent-kafka 2.16.1, lz4, a Python delivery callback per record: ~250,000 records/s
+* confluent-kafka 2.16.1, lz4, error-only delivery reports (this module): ~390,000-430,000 records/s
+* the same into a 3-partition topic whose ``compression.type`` is zstd: ~210,000-240,000
+  records/s producing zstd, ~180,000-210,000 producing lz4 (the broker must recompress)
 
-The Python side of librdkafka is a thin ``produce()`` call, so the encoder
-(not the client) stays the bottleneck; kafka-python would cap a simulator
-well below the 100k events/s target.
+So callers that know the topic's codec should pass it (``citystream simulate``
+reads it from infra/topics.toml); ``lz4`` stays the default for unknown topics.
+The simulator end to end (generate + encode + produce) reaches ~237,000
+events/s with this producer; kafka-python would cap it well below 100k.
 
 Delivery accounting: successes are not reported one by one (that halves the
 throughput); only failures are. After ``flush()`` every record is either
@@ -72,7 +75,7 @@ class ReadingProducer:
         *,
         linger_ms: int = 20,
         batch_size: int = 256 * 1024,
-        compression: str = "lz4",
+        compression: str = "zstd",
         delivery_timeout_ms: int = 60_000,
         client_id: str = "citystream-producer",
     ) -> None:

@@ -38,8 +38,9 @@ def render(model: dict[str, Any]) -> str:
     return json.dumps(model, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write(directory: Path = JSON_DIR) -> list[Path]:
+def write(directory: Path | None = None) -> list[Path]:
     """Write every dashboard and delete ``*.json`` files no dashboard produces any more."""
+    directory = JSON_DIR if directory is None else directory
     directory.mkdir(parents=True, exist_ok=True)
     models = generate()
     written = []
@@ -55,8 +56,9 @@ def write(directory: Path = JSON_DIR) -> list[Path]:
     return written
 
 
-def check(directory: Path = JSON_DIR) -> list[str]:
+def check(directory: Path | None = None) -> list[str]:
     """Problems with the committed JSON, one line each; empty when it matches the code."""
+    directory = JSON_DIR if directory is None else directory
     models = generate()
     problems = []
     for uid, model in sorted(models.items()):
@@ -79,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in problems:
             print(f"dashboards: {line}", file=sys.stderr)
         if problems:
-            print("dashboards: run `citystream dashboards build` and commit dashboards/json/", file=sys.stderr)
+            print(
+                "dashboards: run `citystream dashboards build` and commit dashboards/json/", file=sys.stderr
+            )
             return 1
         print(f"dashboards: {len(generate())} dashboards up to date in {JSON_DIR}")
         return 0

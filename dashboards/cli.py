@@ -3,7 +3,9 @@
 Dashboards are code (dashboards/boards.py); dashboards/json/ holds what that
 code generates, committed, with fixed uids. ``build --check`` fails when the
 two differ. ``push`` upserts the ClickHouse datasource (fixed uid) and every
-dashboard (overwrite) into the 'citystream' folder of the Grafana at --url.
+dashboard (overwrite) into the 'citystream' folder of the Grafana at --url;
+the datasource points at CITYSTREAM_CLICKHOUSE_URL as the read-only viewer
+user, so that URL must be one the Grafana server itself can reach.
 Credentials come from CITYSTREAM_GRAFANA_TOKEN, or CITYSTREAM_GRAFANA_USER and
 CITYSTREAM_GRAFANA_PASSWORD; prefer those variables to the flags, which other
 users of the machine can see in the process list.
@@ -57,7 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     text = "upsert the ClickHouse datasource and every dashboard into a Grafana"
     push = cmds.add_parser("push", help=text, description=text)
-    push.add_argument("--url", help="Grafana base URL (default: CITYSTREAM_GRAFANA_URL, http://127.0.0.1:3000)")
+    push.add_argument(
+        "--url", help="Grafana base URL (default: CITYSTREAM_GRAFANA_URL, http://127.0.0.1:3000)"
+    )
     push.add_argument("--token", help="service-account token (default: CITYSTREAM_GRAFANA_TOKEN)")
     push.add_argument("--user", help="basic-auth user (default: CITYSTREAM_GRAFANA_USER)")
     push.add_argument("--password", help="basic-auth password (default: CITYSTREAM_GRAFANA_PASSWORD)")

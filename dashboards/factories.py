@@ -54,7 +54,12 @@ class Format(enum.IntEnum):
     TRACES = 3
 
 
-_QUERY_TYPE = {Format.TIME_SERIES: "timeseries", Format.TABLE: "table", Format.LOGS: "logs", Format.TRACES: "traces"}
+_QUERY_TYPE = {
+    Format.TIME_SERIES: "timeseries",
+    Format.TABLE: "table",
+    Format.LOGS: "logs",
+    Format.TRACES: "traces",
+}
 
 
 class ClickHouseQuery(cogvariants.Dataquery):
@@ -117,7 +122,9 @@ class Band:
     def builder(self) -> dashboard_builders.ThresholdsConfig:
         items = [dashboard_models.Threshold(value=None, color=self.base)]
         items += [dashboard_models.Threshold(value=v, color=c) for v, c in self.steps]
-        return dashboard_builders.ThresholdsConfig().mode(dashboard_models.ThresholdsMode.ABSOLUTE).steps(items)
+        return (
+            dashboard_builders.ThresholdsConfig().mode(dashboard_models.ThresholdsMode.ABSOLUTE).steps(items)
+        )
 
 
 # --------------------------------------------------------------------------- panels
@@ -170,7 +177,9 @@ def timeseries_panel(
         panel = panel.draw_style(common_models.GraphDrawStyle.BARS)
     if band is not None:
         panel = panel.thresholds(band.builder()).thresholds_style(
-            common_builders.GraphThresholdsStyleConfig().mode(common_models.GraphThresholdsStyleMode.LINE_AND_AREA)
+            common_builders.GraphThresholdsStyleConfig().mode(
+                common_models.GraphThresholdsStyleMode.LINE_AND_AREA
+            )
         )
     if soft_min is not None:
         panel = panel.axis_soft_min(soft_min)
@@ -279,7 +288,9 @@ def in_filter(column: str, variable: str) -> str:
 # --------------------------------------------------------------------------- annotations
 
 
-def sql_annotation(name: str, sql: str, *, color: str, enable: bool = True) -> dashboard_builders.AnnotationQuery:
+def sql_annotation(
+    name: str, sql: str, *, color: str, enable: bool = True
+) -> dashboard_builders.AnnotationQuery:
     """An annotation from SQL returning ``time``, ``timeEnd``, ``text`` and ``tags`` columns."""
     return (
         dashboard_builders.AnnotationQuery()
@@ -342,6 +353,10 @@ def dashboard(
     model = board.build()
     for number, panel in enumerate(model.panels or [], start=1):
         panel.id_val = number
+    for annotation in model.annotations.list_val or []:
+        # The SDK files every annotation toggle under the controls menu; alert
+        # toggles belong in plain sight above the panels (Grafana's default).
+        annotation.placement = None
     return _to_plain(model)
 
 

@@ -48,7 +48,9 @@ class Credentials:
 def datasource_payload(settings: Settings) -> dict[str, Any]:
     """The datasource as Grafana's HTTP API takes it, pointing at the store the settings name.
 
-    Uses the same ``jsonData`` keys as the provisioning file
+    Grafana connects as the store's read-only *viewer* user: a dashboard (or
+    anyone with Explore access) must not be able to change data. Uses the same
+    ``jsonData`` keys as the provisioning file
     (infra/grafana/provisioning/datasources/clickhouse.yaml): the plugin ignores
     keys it does not know (``database`` for instance), silently.
     """
@@ -64,7 +66,7 @@ def datasource_payload(settings: Settings) -> dict[str, Any]:
         "port": url.port or (8443 if secure else 8123),
         "protocol": "http",
         "secure": secure,
-        "username": settings.clickhouse_user,
+        "username": settings.clickhouse_viewer_user,
         "defaultDatabase": settings.clickhouse_database,
     }
     if url.path.strip("/"):
@@ -77,8 +79,8 @@ def datasource_payload(settings: Settings) -> dict[str, Any]:
         "isDefault": False,
         "jsonData": json_data,
     }
-    if settings.clickhouse_password:
-        payload["secureJsonData"] = {"password": settings.clickhouse_password}
+    if settings.clickhouse_viewer_password:
+        payload["secureJsonData"] = {"password": settings.clickhouse_viewer_password}
     return payload
 
 
@@ -103,17 +105,31 @@ def push(
     where = _redacted(url)
 
     ds = datasource_payload(settings)
-    existing = _call(where, "look up the ClickHouse datasource", lambda: _get_or_none(api.datasource.get_datasource_by_uid, DATASOURCE_UID))
+    existing = _call(
+        where,
+        "look up the ClickHouse datasource",
+        lambda: _get_or_none(api.datasource.get_datasource_by_uid, DATASOURCE_UID),
+    )
     if existing is None:
         _call(where, "create the ClickHouse datasource", lambda: api.datasource.create_datasource(ds))
         report(f"datasource {DATASOURCE_UID}: created")
     else:
-        _call(where, "update the ClickHouse datasource", lambda: api.datasource.update_datasource_by_uid(DATASOURCE_UID, ds))
+        _call(
+            where,
+            "update the ClickHouse datasource",
+            lambda: api.datasource.update_datasource_by_uid(DATASOURCE_UID, ds),
+        )
         report(f"datasource {DATASOURCE_UID}: updated")
 
-    folder = _call(where, f"look up folder {FOLDER_UID!r}", lambda: _get_or_none(api.folder.get_folder, FOLDER_UID))
+    folder = _call(
+        where, f"look up folder {FOLDER_UID!r}", lambda: _get_or_none(api.folder.get_folder, FOLDER_UID)
+    )
     if folder is None:
-        _call(where, f"create folder {FOLDER_UID!r}", lambda: api.folder.create_folder(FOLDER_TITLE, uid=FOLDER_UID))
+        _call(
+            where,
+            f"create folder {FOLDER_UID!r}",
+            lambda: api.folder.create_folder(FOLDER_TITLE, uid=FOLDER_UID),
+        )
         report(f"folder {FOLDER_UID}: created")
 
     for model in dashboards:
@@ -154,14 +170,20 @@ def _call(where: str, action: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except GrafanaTimeoutError:
-        raise UserError(f"Grafana at {where} did not answer within {TIMEOUT_S:g} s (while trying to {action})") from None
+        raise UserError(
+            f"Grafana at {where} did not answer within {TIMEOUT_S:g} s (while trying to {action})"
+        ) from None
     except GrafanaUnauthorizedError:
         raise UserError(
             f"Grafana at {where} refused the credentials (401) while trying to {action}: "
             "set CITYSTREAM_GRAFANA_TOKEN, or CITYSTREAM_GRAFANA_USER and CITYSTREAM_GRAFANA_PASSWORD"
         ) from None
     except GrafanaClientError as exc:
-        hint = " (the token or user needs the Editor or Admin role)" if exc.status_code == 403 else ""
+        hint = (
+            " (push creates a datasource: the token or user needs the Admin role)"
+            if exc.status_code == 403
+            else ""
+        )
         raise UserError(
             f"Grafana at {where} refused to {action}: {exc.status_code} {_message(exc)}{hint}"
         ) from None
@@ -171,7 +193,8 @@ def _call(where: str, action: str, fn: Callable[[], T]) -> T:
         raise UserError(f"Grafana at {where} failed to {action}: {_one_line(str(exc))}") from None
     except niquests.exceptions.RequestException as exc:
         raise UserError(
-            f"Grafana at {where} is unreachable ({_reason(exc)}): start it, or pass --url / set CITYSTREAM_GRAFANA_URL"
+            f"Grafana at {where} is unreachable ({_reason(exc)}): start it, "
+            "or pass --url / set CITYSTREAM_GRAFANA_URL"
         ) from None
 
 

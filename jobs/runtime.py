@@ -27,8 +27,15 @@ def connector_jars(settings: Settings) -> list[Path]:
     return jars
 
 
-def table_environment(settings: Settings, *, parallelism: int | None = None) -> TableEnvironment:
-    """A streaming TableEnvironment with the project's jars and checkpointing configured."""
+def table_environment(
+    settings: Settings, *, parallelism: int | None = None, bounded: bool = False
+) -> TableEnvironment:
+    """A streaming TableEnvironment with the project's jars and checkpointing configured.
+
+    ``bounded`` runs (demo, backfill, tests) give up after two restarts so a
+    broken job fails its caller instead of restarting forever, as an
+    unbounded production job should.
+    """
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     conf = t_env.get_config()
     conf.set("pipeline.jars", ";".join(j.as_uri() for j in connector_jars(settings)))
@@ -39,5 +46,9 @@ def table_environment(settings: Settings, *, parallelism: int | None = None) -> 
     conf.set("python.executable", os.environ.get("PYFLINK_PYTHON", sys.executable))
     conf.set("python.fn-execution.bundle.size", "10000")
     conf.set("table.local-time-zone", "UTC")
+    if bounded:
+        conf.set("restart-strategy.type", "fixed-delay")
+        conf.set("restart-strategy.fixed-delay.attempts", "2")
+        conf.set("restart-strategy.fixed-delay.delay", "2 s")
     conf.set("pipeline.name", os.environ.get("CITYSTREAM_JOB_NAME", "citystream"))
     return t_env

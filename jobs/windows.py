@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window-s", type=int, default=60, help="tumbling window size in seconds")
     args = parser.parse_args(argv)
     settings = load_settings()
-    t_env = table_environment(settings)
+    t_env = table_environment(settings, bounded=args.bounded)
     build(t_env, settings, bounded=args.bounded)
     result = window_aggregates(t_env, t_env.from_path("grid_readings"), window_s=args.window_s)
     result.execute_insert("aggregates").wait()

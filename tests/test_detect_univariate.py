@@ -95,10 +95,10 @@ def test_mad_rejects_bad_configuration() -> None:
 
 
 def test_seasonal_hand_computed_and_per_cell_warmup() -> None:
-    d = SeasonalProfile(buckets_per_day=2, warmup=2, rate=0.5)  # cells: 00-12 h, 12-24 h
+    d = SeasonalProfile(buckets_per_day=2, warmup=2, rate=0.5, min_days=1)  # cells: 00-12 h, 12-24 h
     s = d.init()
     s, score, _ = d.step(s, T0, 10.0)
-    assert score == 0.0 and s["m"][0] == 10.0 and s["c"] == [1, 0]
+    assert score == 0.0 and s["m"][0] == 10.0 and s["c"] == [1, 0] and s["k"] == [1, 0]
     s, score, _ = d.step(s, T0 + DAY, 12.0)  # a = 0.5: m = 11, d = 0.5 * |2| = 1
     assert score == 0.0 and (s["m"][0], s["d"][0], s["c"][0]) == (11.0, 1.0, 2)
     assert d.ready(s, T0 + 2 * DAY) and not d.ready(s, T0 + 2 * DAY + 13 * HOUR)
@@ -107,6 +107,16 @@ def test_seasonal_hand_computed_and_per_cell_warmup() -> None:
     s, score, _ = d.step(s, T0 + 2 * DAY, 13.0)  # z = 2 / (1.2533 * 1)
     assert score == pytest.approx(erf_score(2.0 / 1.2533))
     assert (s["m"][0], s["d"][0]) == (12.0, 1.5)
+
+
+def test_seasonal_abstains_until_it_has_seen_several_days() -> None:
+    d = SeasonalProfile(buckets_per_day=24, warmup=2, min_days=3)
+    rig = [T0 + i * 1000 for i in range(3 * 3600)]  # three hours at 1 Hz: plenty of readings, one day
+    s, scores, _ = run(d, rig, [1.0 + 0.01 * (i % 7) for i in range(len(rig))])
+    assert max(scores) == 0.0 and not d.ready(s, rig[-1])
+    days = [T0 + k * DAY + 30 * 60_000 for k in range(4)]  # 00:30 on four days
+    s, scores, _ = run(d, days, [1.0, 1.2, 0.9, 5.0], s)
+    assert scores[:3] == [0.0, 0.0, 0.0] and scores[3] > 0.99
 
 
 def test_seasonal_catches_a_value_normal_for_the_day_but_not_for_the_hour() -> None:
@@ -209,7 +219,9 @@ def test_nan_never_poisons_the_state(det) -> None:
         s2, score, why = det.step(s, times[100], bad)
         if not isinstance(det, Periodic):  # the floor counts readings, whatever they are
             assert json.dumps(s2) == before and score == 0.0 and why
-    _, with_gaps, _ = run(det, times[100:], [math.nan if i % 3 == 0 else v for i, v in enumerate(values[100:])], s)
+    _, with_gaps, _ = run(
+        det, times[100:], [math.nan if i % 3 == 0 else v for i, v in enumerate(values[100:])], s
+    )
     assert all(0.0 <= x <= 1.0 for x in with_gaps)
 
 

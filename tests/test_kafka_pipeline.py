@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def produced(kafka) -> tuple[object, list[dict]]:  # noqa: ANN001
+def produced(kafka) -> tuple[object, list[dict]]:
     from connectors.producer import ReadingProducer
 
     settings = kafka.settings_.replace(topic_prefix="pipeline.")
@@ -36,7 +36,7 @@ def produced(kafka) -> tuple[object, list[dict]]:  # noqa: ANN001
     return settings, rows
 
 
-def _consume_all(settings, topic: str) -> list[dict]:  # noqa: ANN001
+def _consume_all(settings, topic: str) -> list[dict]:
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
@@ -50,7 +50,7 @@ def _consume_all(settings, topic: str) -> list[dict]:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
-def aggregates(produced) -> list[dict]:  # noqa: ANN001
+def aggregates(produced) -> list[dict]:
     from jobs.runtime import table_environment
     from jobs.windows import build, window_aggregates
 
@@ -61,11 +61,13 @@ def aggregates(produced) -> list[dict]:  # noqa: ANN001
     return _consume_all(settings, settings.topic("aggregates"))
 
 
-def test_flink_reads_producer_avro_and_writes_contract_avro(produced, aggregates) -> None:  # noqa: ANN001
+def test_flink_reads_producer_avro_and_writes_contract_avro(produced, aggregates) -> None:
     _, rows = produced
     want = demo.expected(rows, GRID_METRICS)
     got = {
-        (a["key_id"], a["metric"], a["window_start"]): demo.Expected(a["samples"], a["mean"], a["min"], a["max"])
+        (a["key_id"], a["metric"], a["window_start"]): demo.Expected(
+            a["samples"], a["mean"], a["min"], a["max"]
+        )
         for a in aggregates
     }
     assert len(aggregates) == len(want) == 3 * 3 * len(GRID_METRICS)
@@ -73,7 +75,7 @@ def test_flink_reads_producer_avro_and_writes_contract_avro(produced, aggregates
     assert all(a["window_end"] - a["window_start"] == 60_000 for a in aggregates)
 
 
-def test_loading_twice_changes_nothing_visible(produced, aggregates, store) -> None:  # noqa: ANN001
+def test_loading_twice_changes_nothing_visible(produced, aggregates, store) -> None:
     from citystream.store.client import connect
     from connectors.loader import load
 

@@ -20,7 +20,9 @@ def test_port_owner_and_clear_error_for_taken_port() -> None:
         s.listen()
         port = s.getsockname()[1]
         assert proc.port_owner(port) == os.getpid()
-        with pytest.raises(UserError, match=rf"port {port} is already in use by pid {os.getpid()}.*CITYSTREAM_X"):
+        with pytest.raises(
+            UserError, match=rf"port {port} is already in use by pid {os.getpid()}.*CITYSTREAM_X"
+        ):
             proc.ensure_port_free(port, "kafka", "CITYSTREAM_X")
     proc.ensure_port_free(port, "kafka", "CITYSTREAM_X")  # released: no error
 

@@ -74,7 +74,7 @@ def test_unknown_schema_is_a_user_error() -> None:
 
 
 @pytest.mark.integration
-def test_send_and_send_encoded_arrive_decodable_and_counted(kafka) -> None:  # noqa: ANN001
+def test_send_and_send_encoded_arrive_decodable_and_counted(kafka) -> None:
     topic = "producer-test.readings.grid"
     records = [grid_record(i) for i in range(30)]
     with ReadingProducer(kafka.bootstrap) as producer:
@@ -93,7 +93,7 @@ def test_send_and_send_encoded_arrive_decodable_and_counted(kafka) -> None:  # n
 
 
 @pytest.mark.integration
-def test_send_many_keeps_per_key_order(kafka) -> None:  # noqa: ANN001
+def test_send_many_keeps_per_key_order(kafka) -> None:
     topic = "producer-test.many"
     values = [contracts.encode("citystream.GridReading", grid_record(i)) for i in range(300)]
     keys = [record_key(grid_record(i)) for i in range(300)]

@@ -30,7 +30,9 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def _status_cli(settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:  # noqa: ANN001
+def _status_cli(
+    settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
     for var, value in settings.to_env().items():
         monkeypatch.setenv(var, value)
     code = main(["stack", "status"])
@@ -47,8 +49,16 @@ def test_stack_lifecycle_with_demo(
     run_dir = str(settings.run_dir)
     log: list[str] = []
     try:
-        assert demo.run(settings, sensors=2, minutes=2, keep_running=True, echo=lambda *a, **k: log.append(
-            " ".join(map(str, a)))) == 0, "\n".join(log)
+        assert (
+            demo.run(
+                settings,
+                sensors=2,
+                minutes=2,
+                keep_running=True,
+                echo=lambda *a, **k: log.append(" ".join(map(str, a))),
+            )
+            == 0
+        ), "\n".join(log)
         assert any(line.startswith("OK: all 12 ") for line in log), "\n".join(log)
 
         code, out = _status_cli(settings, monkeypatch, capsys)
@@ -65,7 +75,9 @@ def test_stack_lifecycle_with_demo(
         stack.up(settings, echo=lambda *a, **k: None)
         client = connect(settings, readonly=True)
         try:
-            kept = client.command("SELECT count() FROM window_aggregates FINAL WHERE key_id LIKE 'demo-grid-%'")
+            kept = client.command(
+                "SELECT count() FROM window_aggregates FINAL WHERE key_id LIKE 'demo-grid-%'"
+            )
         finally:
             client.close()
         assert kept == 12

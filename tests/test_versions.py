@@ -35,4 +35,6 @@ def test_resolved_jars_are_the_pinned_ones() -> None:
     names = {p.name for p in (jars / "flink").glob("*.jar")}
     assert f"flink-sql-connector-kafka-{_pom_property('flink.kafka.connector.version')}.jar" in names
     assert f"flink-avro-{_pom_property('flink.version')}.jar" in names
-    assert f"kafka_2.13-{_pom_property('kafka.version')}.jar" in {p.name for p in (jars / "kafka").glob("*.jar")}
+    assert f"kafka_2.13-{_pom_property('kafka.version')}.jar" in {
+        p.name for p in (jars / "kafka").glob("*.jar")
+    }

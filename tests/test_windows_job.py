@@ -52,7 +52,7 @@ EXPECTED_VOLTAGE = [
 ]
 
 
-def _source(t_env, path: Path):  # noqa: ANN001, ANN202
+def _source(t_env, path: Path):
     from jobs.sql import columns
 
     path.write_text("".join(json.dumps(r) + "\n" for r in READINGS))
@@ -65,7 +65,7 @@ def _source(t_env, path: Path):  # noqa: ANN001, ANN202
     return t_env.from_path("readings")
 
 
-def _rows(table) -> list[tuple]:  # noqa: ANN001
+def _rows(table) -> list[tuple]:
     with table.execute().collect() as results:
         rows = [tuple(r) for r in results]
     return sorted(

@@ -11,14 +11,16 @@ immutable configuration object with
 where ``State`` is a plain JSON-serialisable dict (``base.dumps``/``loads``).
 Layers compose: a detector (``univariate``), wrapped in ``Likelihood`` for
 per-stream self-calibration, behind ``SensorHealth`` and an ``AlarmGate``
-(``pipeline.Pipeline``). Cross-sensor physics checks live in ``physics``;
-benchmark scoring in ``scoring``; ``citystream evaluate`` in ``evaluate``.
+(``pipeline.Pipeline``); ``recommended(cadence_ms)`` builds the configuration
+the quality report chose. Cross-sensor physics checks live in ``physics``,
+sensor health in ``health``, benchmark scoring in ``scoring``, and
+``citystream evaluate`` (the report) in ``evaluate``.
 """
 
 from citystream.detect.base import Detector, ScoreInput, State, dumps, loads, run
 from citystream.detect.calibrate import AlarmGate, Likelihood, combine
 from citystream.detect.health import NeighbourDrift, SensorHealth
-from citystream.detect.pipeline import Pipeline, Verdict
+from citystream.detect.pipeline import Pipeline, Verdict, recommended
 from citystream.detect.univariate import (
     RULES,
     EwmaZ,
@@ -53,5 +55,6 @@ __all__ = [
     "combine",
     "dumps",
     "loads",
+    "recommended",
     "run",
 ]

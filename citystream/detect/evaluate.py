@@ -17,11 +17,21 @@ Protocol, identical for every detector and dataset:
   settings (threshold, hysteresis, refractory period in readings) are used
   on every dataset - that is what "self-calibrating" has to prove;
 - the periodic floor's period is tuned per dataset on the labels (a
-  deliberately generous floor), the others get no per-dataset tuning.
+  deliberately generous floor) and it goes through the same gate (so on
+  BATADAL it, too, holds each alarm for 30 hours); the others get no
+  per-dataset tuning.
+
+What the evidence chose (full slice, see ``CHOSEN``): a seasonal profile and
+an EWMA per stream, each calibrated by the likelihood layer, plus learned
+water balances where tanks and pump flows exist. Uncalibrated detectors with
+one fixed z threshold score below the null detector on NAB; calibration is
+what makes them usable. The settings were selected on these same three
+benchmarks (there is no held-out set), so treat the numbers as optimistic.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +44,7 @@ from citystream.detect.base import ScoreInput, is_missing, tail_score
 from citystream.detect.calibrate import AlarmGate, Likelihood
 from citystream.detect.datasets import Dataset, Recording
 from citystream.detect.physics import LinearBalance, fit_linear_balance
+from citystream.detect.pipeline import ALARM_OFF, ALARM_ON, HOLD_READINGS, REFRACTORY_READINGS
 from citystream.detect.scoring import (
     PROFILES,
     EventScore,
@@ -46,17 +57,14 @@ from citystream.detect.scoring import (
 )
 from citystream.detect.univariate import EwmaZ, HoltWinters, Periodic, RangeRule, RobustMad, SeasonalProfile
 
-#: Alarm threshold on calibrated scores: 1 - tail probability.
-CALIBRATED_ON = 0.9999
-CALIBRATED_OFF = 0.99
+#: Alarm threshold on calibrated scores: 1 - tail probability (shared with ``pipeline.recommended``).
+CALIBRATED_ON = ALARM_ON
+CALIBRATED_OFF = ALARM_OFF
 #: Fixed z threshold for uncalibrated detectors (the "tuned once" practice we compare against).
 RAW_Z = 4.0
-#: Refractory period, in readings of the stream's own cadence.
-REFRACTORY_READINGS = 30
-#: Minimum time an alarm condition stays active once raised, in readings.
-HOLD_READINGS = 30
 #: The calibration layer every calibrated row uses (over precomputed scores).
 LIKELIHOOD = Likelihood(ScoreInput())
+#: Periods (in readings) tried for the periodic floor; the best one on the labels is reported.
 PERIODS = (25, 50, 100, 200, 400, 800, 1600)
 
 
@@ -73,6 +81,7 @@ class Candidate:
     calibrated: bool
     balance: bool = False
     note: str = ""
+    tail: str = "gaussian"
 
 
 #: Base detectors by name, with their one shared configuration.
@@ -90,6 +99,18 @@ def _learned_band(history: np.ndarray) -> RangeRule:
     return RangeRule(lo - pad, hi + pad, name="band")
 
 
+#: The detector we ship, chosen on the evidence of the full table (reports/quality.md):
+#: seasonal profile and EWMA per stream, each calibrated, plus learned water balances
+#: wherever tanks and pump flows exist. Best NAB score and SKAB F1 of all rows, best
+#: BATADAL S of the calibrated rows - but see the "hours active" column there.
+CHOSEN = Candidate(
+    "chosen: (seasonal,ewma)+lik (+balance)",
+    ("seasonal", "ewma"),
+    True,
+    balance=True,
+    note="balance streams on BATADAL only",
+)
+
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("null", (), False, note="never alarms"),
     Candidate("periodic floor", (), False, note="alarm every N readings, N tuned on the labels"),
@@ -102,8 +123,14 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("mad+lik", ("mad",), True),
     Candidate("seasonal+lik", ("seasonal",), True),
     Candidate("holt-winters+lik", ("hw",), True),
-    Candidate("mass balance+lik", (), True, balance=True, note="BATADAL only: tank level vs pump flows"),
-    Candidate("ensemble (ewma,mad,hw)+lik", ("ewma", "mad", "hw"), True),
+    Candidate("mass balance+lik", (), True, balance=True, note="tank level vs pump flows"),
+    Candidate("(ewma,mad,hw)+lik", ("ewma", "mad", "hw"), True),
+    Candidate("(seasonal,ewma,hw)+lik", ("seasonal", "ewma", "hw"), True),
+    Candidate("(seasonal,ewma)+lik", ("seasonal", "ewma"), True),
+    Candidate(
+        "chosen, GPD tail", CHOSEN.bases, True, balance=True, tail="gpd", note="peaks-over-threshold tail"
+    ),
+    CHOSEN,
 )
 
 
@@ -125,14 +152,16 @@ def raw_scores(
     return st, out
 
 
-def calibrate(history: np.ndarray | None, scores: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+def calibrate(
+    history: np.ndarray | None, scores: np.ndarray, t_ms: np.ndarray, lik: Likelihood | None = None
+) -> np.ndarray:
     """The likelihood layer over precomputed scores.
 
     Identical to wrapping the detector in ``Likelihood``: NaN marks the
     readings the inner detector did not score, which the layer skips exactly
     as it skips the inner detector's warm-up.
     """
-    lik = LIKELIHOOD
+    lik = LIKELIHOOD if lik is None else lik
     st = lik.init()
     if history is not None:
         for v in history.tolist():
@@ -184,10 +213,13 @@ class Runner:
             self._cache[key] = (None, np.zeros(0))
         return [v for k, v in self._cache.items() if k[0] == rec.name and k[2] == "balance" and k[1] != "*"]
 
-    def calibrated(self, history: np.ndarray | None, scores: np.ndarray, rec: Recording) -> np.ndarray:
-        key = (id(history), id(scores), LIKELIHOOD)
+    def calibrated(
+        self, history: np.ndarray | None, scores: np.ndarray, rec: Recording, tail: str
+    ) -> np.ndarray:
+        lik = dataclasses.replace(LIKELIHOOD, tail=tail)
+        key = (id(history), id(scores), lik)
         if key not in self._calibrated:
-            self._calibrated[key] = calibrate(history, scores, rec.t_ms)
+            self._calibrated[key] = calibrate(history, scores, rec.t_ms, lik)
         return self._calibrated[key]
 
     def combined(self, cand: Candidate, rec: Recording) -> np.ndarray:
@@ -199,7 +231,7 @@ class Runner:
         if not streams:
             return np.zeros(len(rec))
         if cand.calibrated:
-            scores = [self.calibrated(h, s, rec) for h, s in streams]
+            scores = [self.calibrated(h, s, rec, cand.tail) for h, s in streams]
         else:
             scores = [np.nan_to_num(s) for _, s in streams]
         return combine_channels(scores, cand.calibrated)
@@ -271,6 +303,7 @@ class Result:
     batadal: float = math.nan
     s_ttd: float = math.nan
     s_cm: float = math.nan
+    active: float = math.nan  #: fraction of readings with an alarm condition active
     events: EventScore = field(default_factory=EventScore)
     alarms: int = 0
     note: str = ""
@@ -306,6 +339,7 @@ def score_dataset(ds: Dataset, alarms: Sequence[tuple[list[int], list[bool]]]) -
         if ds.name == "BATADAL":
             b = batadal_score(active, rec.events)
             res.batadal, res.s_ttd, res.s_cm = b.s, b.s_ttd, b.s_cm
+            res.active = sum(active) / len(active)
     if nab_files["standard"]:
         res.nab = nab_normalised(nab_files["standard"])
         res.nab_low_fp = nab_normalised(nab_files["reward_low_FP_rate"])
@@ -317,7 +351,8 @@ def evaluate_candidate(ds: Dataset, cand: Candidate, runner: Runner | None = Non
     """One table cell row; None when the candidate does not apply to the dataset."""
     runner = runner or Runner()
     started = time.perf_counter()
-    if cand.balance and not any(r.history is not None and tank_balances(r.history) for r in ds.recordings):
+    has_balance = any(r.history is not None and tank_balances(r.history) for r in ds.recordings)
+    if cand.balance and not cand.bases and not has_balance:
         return None
     if cand.name == "null":
         res = score_dataset(ds, [([], [False] * len(r)) for r in ds.recordings])
@@ -327,7 +362,7 @@ def evaluate_candidate(ds: Dataset, cand: Candidate, runner: Runner | None = Non
             runs = []
             for rec in ds.recordings:
                 _, s = raw_scores(Periodic(period), rec.t_ms, np.zeros(len(rec)))
-                runs.append(gate_alarms(rec, np.nan_to_num(s), AlarmGate(0.5, 0.5)))
+                runs.append(gate_alarms(rec, np.nan_to_num(s), make_gate(rec, calibrated=False)))
             r = score_dataset(ds, runs)
             r.note = f"N={period}"
             if best is None or r.primary > best.primary:
@@ -378,11 +413,17 @@ def render(results: dict[str, list[Result]], header: str = "") -> str:
                 lines.append(f"| {r.detector} | {' | '.join(cells)} | {r.note} |")
         elif name == "BATADAL":
             lines += [
-                "| detector | S | S_TTD | S_CM | P | R | F1 | median TTD | alarms | note |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+                "| detector | S | S_TTD | S_CM | hours active | P | R | F1 | median TTD | alarms | note |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
             ]
             for r in rows:
-                cells = [_f(r.batadal, 3), _f(r.s_ttd, 3), _f(r.s_cm, 3), *_event_cells(r, 3.6e6, "h")]
+                cells = [
+                    _f(r.batadal, 3),
+                    _f(r.s_ttd, 3),
+                    _f(r.s_cm, 3),
+                    f"{100 * r.active:.0f}%",
+                    *_event_cells(r, 3.6e6, "h"),
+                ]
                 lines.append(f"| {r.detector} | {' | '.join(cells)} | {r.note} |")
         else:
             lines += [

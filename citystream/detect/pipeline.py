@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from citystream.detect.base import State
-from citystream.detect.calibrate import AlarmGate
+from citystream.detect.calibrate import AlarmGate, Likelihood
 from citystream.detect.health import OK, SensorHealth
+from citystream.detect.univariate import EwmaZ, MaxOf, SeasonalProfile
+
+#: Gate settings that won on the benchmarks (see ``citystream.detect.evaluate``).
+ALARM_ON = 0.999
+ALARM_OFF = 0.99
+#: Hold and refractory periods, in readings of the stream's own cadence.
+HOLD_READINGS = 30
+REFRACTORY_READINGS = 30
 
 
 class Verdict(NamedTuple):
@@ -64,3 +72,17 @@ class Pipeline:
             note = g_note
         health = status if status != OK else ("muted" if muted else OK)
         return new, Verdict(score, fired == 1.0, AlarmGate.active(g_state), health, note)
+
+
+def recommended(cadence_ms: int, health: SensorHealth | None = None) -> Pipeline:
+    """The configuration the quality report chose, for a stream read every ``cadence_ms``.
+
+    Why a function: the Flink jobs should not re-derive thresholds; changing
+    the shipped detector is then one reviewed edit here, backed by a new
+    ``citystream evaluate`` table.
+    """
+    if cadence_ms <= 0:
+        raise ValueError("cadence_ms must be positive")
+    detector = MaxOf((Likelihood(SeasonalProfile()), Likelihood(EwmaZ())), bonferroni=True, name="chosen")
+    gate = AlarmGate(ALARM_ON, ALARM_OFF, HOLD_READINGS * cadence_ms, REFRACTORY_READINGS * cadence_ms)
+    return Pipeline(detector, gate, health)

@@ -225,13 +225,17 @@ class SeasonalProfile:
     robust M-estimate): a plain mean would call every rush hour an anomaly,
     and an unclipped one would let a single outage rewrite next Monday's
     profile. A key is warmed cell by cell: a cell scores once it has seen
-    ``warmup`` readings.
+    ``warmup`` readings on at least ``min_days`` different days - a
+    time-of-day profile learned within one afternoon (a 1 Hz test rig, a
+    sensor installed today) is just a noisy short-term mean, and on such
+    streams this detector abstains instead of adding false alarms.
     """
 
     buckets_per_day: int = 24
     weekly: bool = False
     rate: float = 0.1
     warmup: int = 4
+    min_days: int = 3
     clip: float = 4.0
     min_scale: float = 1e-9
     rel_scale: float = 1e-4
@@ -243,15 +247,19 @@ class SeasonalProfile:
 
     def init(self) -> State:
         k = self.cells
-        return {"m": [0.0] * k, "d": [0.0] * k, "c": [0] * k}
+        return {"m": [0.0] * k, "d": [0.0] * k, "c": [0] * k, "k": [0] * k, "ld": [-1] * k}
+
+    def _warm(self, state: State, b: int) -> bool:
+        return state["c"][b] >= self.warmup and state["k"][b] >= self.min_days
 
     def ready(self, state: State, t_ms: int = 0) -> bool:
-        return state["c"][_bucket(t_ms, self.buckets_per_day, self.weekly)] >= self.warmup
+        return self._warm(state, _bucket(t_ms, self.buckets_per_day, self.weekly))
 
     def step(self, state: State, t_ms: int, value: float) -> Step:
         if is_missing(value):
             return state, 0.0, MISSING
         b = _bucket(t_ms, self.buckets_per_day, self.weekly)
+        warm = self._warm(state, b)
         c = state["c"][b]
         m = state["m"][b]
         d = state["d"][b]
@@ -261,17 +269,21 @@ class SeasonalProfile:
             scale = _floor(_MEANAD_TO_SIGMA * d, m, self.min_scale, self.rel_scale)
             r = value - m
             z = r / scale
-            if c >= self.warmup and abs(z) > self.clip:
+            if warm and abs(z) > self.clip:
                 r = math.copysign(self.clip * scale, r)
             a = max(self.rate, 1.0 / (c + 1))
             m_new = m + a * r
             d_new = d + a * (abs(r) - d)
+        day = int(t_ms // _DAY_MS)
+        new_day = day != state["ld"][b]
         new = {
             "m": _replace(state["m"], b, m_new),
             "d": _replace(state["d"], b, d_new),
             "c": _replace(state["c"], b, c + 1),
+            "k": _replace(state["k"], b, state["k"][b] + 1) if new_day else state["k"],
+            "ld": _replace(state["ld"], b, day) if new_day else state["ld"],
         }
-        if c < self.warmup:
+        if not warm:
             return new, 0.0, warming(c + 1, self.warmup)
         score = tail_score(z)
         why = (
@@ -407,17 +419,21 @@ class MaxOf:
 
     Why: a level shift, a broken daily shape and a lone spike are caught best
     by different models; the maximum keeps each one's strength. Combine
-    calibrated detectors only, so that their scores share one scale.
+    calibrated detectors only, so that their scores share one scale; with
+    ``bonferroni=True`` the best tail probability is multiplied by the
+    number of parts, because k detectors see a 1-in-1000 event k times as
+    often as one does. The key counts as warmed once any part is.
     """
 
     parts: tuple[Any, ...] = field(default_factory=tuple)
+    bonferroni: bool = False
     name: str = "max"
 
     def init(self) -> State:
         return {"p": [d.init() for d in self.parts]}
 
     def ready(self, state: State, t_ms: int = 0) -> bool:
-        return all(d.ready(s, t_ms) for d, s in zip(self.parts, state["p"], strict=True))
+        return any(d.ready(s, t_ms) for d, s in zip(self.parts, state["p"], strict=True))
 
     def step(self, state: State, t_ms: int, value: float) -> Step:
         if is_missing(value):
@@ -428,4 +444,7 @@ class MaxOf:
             out.append(s2)
             if score > best:
                 best, why = score, (f"{d.name}: {w}" if w else "")
-        return {"p": out}, max(best, 0.0), why
+        best = max(best, 0.0)
+        if self.bonferroni:
+            best = max(0.0, 1.0 - len(self.parts) * (1.0 - best))
+        return {"p": out}, best, why

@@ -62,7 +62,7 @@ _DESCRIPTION = {
     "spike": "sensor spike: implausible short burst",
     "drift": "sensor drift: slowly growing calibration bias",
     "leak": "leak in a district-metered area: inlet flow rises, pressures fall",
-    "pump_failure": "pump failure: pump stops, tank drains",
+    "pump_failure": "pump failure: motor runs but delivers almost no flow, tank drains",
     "contamination": "contamination: turbidity up, free chlorine down",
     "tank_overflow": "tank overflow: level control failed, tank fills past its alarm level",
     "voltage_sag": "voltage sag at a substation",
@@ -230,7 +230,9 @@ def _make(
         if not ok:
             return None
         d = int(rng.choice(ok))
-        sensors = np.flatnonzero((dma_of == d) & np.isin(types, need))
+        # the tank's level feeds the DMA's pressures, so tank incidents show there too
+        shows = (*need, "pressure") if kind in ("pump_failure", "tank_overflow") else need
+        sensors = np.flatnonzero((dma_of == d) & np.isin(types, shows))
         a = Anomaly(label_id, domain, kind, sensors, np.full(sensors.size, t0), t0, t1, severity, target=d)
         if kind == "leak":
             a.params["leak_share"] = 0.15 + 0.25 * severity
@@ -339,7 +341,7 @@ def apply_drivers(anomalies: list[Anomaly], domain: str, ticks: np.ndarray, d: d
             d["leak_lps"][:, a.target] += np.where(on, a.params["leak_share"] * base.mean() * ramp, 0.0)
         elif a.kind == "pump_failure":
             on = act.any(axis=1)
-            d["pump_force"][:, a.target] = np.where(on, 0, d["pump_force"][:, a.target])
+            d["pump_force"][:, a.target] = np.where(on, 3, d["pump_force"][:, a.target])
         elif a.kind == "tank_overflow":
             on = act.any(axis=1)
             d["pump_force"][:, a.target] = np.where(on, 2, d["pump_force"][:, a.target])

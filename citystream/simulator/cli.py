@@ -22,7 +22,25 @@ DOMAIN_NAMES = ("traffic", "water", "grid")
 DEFAULT_START = "2026-01-05T00:00:00Z"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_RATE_FLAGS = ("out_of_order", "late", "duplicates", "gaps", "clock_skew", "silent", "poison")
+_RATE_HELP = {
+    "out_of_order": "share of readings delivered late but within --watermark-s",
+    "late": "share of readings delivered behind the watermark (2x --watermark-s .. --late-max-s)",
+    "duplicates": "share of readings delivered twice (same sensor_id + seq, same bytes)",
+    "gaps": "share of readings lost in transit, in runs of 2-10",
+    "clock_skew": "share of sensors whose clock is 5-120 s off",
+    "silent": "share of sensors that stop reporting part-way",
+    "poison": "share of readings made undecodable, NaN or physically impossible (dead-letter tests)",
+}
+_RATE_FLAGS = tuple(_RATE_HELP)
+
+_DESCRIPTION = """\
+Simulate a city's traffic loop detectors, water network and electric grid
+into the readings topics ({prefix}readings.traffic|water|grid), with labelled
+anomalies on {prefix}labels. Same seed and flags give byte-identical payloads.
+
+Imperfections (out-of-order, late, duplicates, gaps, clock skew, silent
+sensors, poisoned records) are injected at the given rates and the summary
+says exactly how many of each were injected, per domain."""
 
 
 def parse_duration(text: str) -> int:
@@ -160,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
         help="simulate a city's traffic, water and grid sensors into Kafka (seeded, with labelled anomalies)",
-        description=__doc__,
+        description=_DESCRIPTION.format(prefix="PREFIX."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--seed", type=int, default=7, help="random seed: same seed, same bytes (default 7)")
@@ -176,7 +194,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--sensors", type=int, default=300, help="sensors in the city, split over domains (default 300)"
     )
     p.add_argument("--domains", default="traffic,water,grid", help="comma-separated (default all three)")
-    p.add_argument("--labels-file", type=Path, default=None, help="also write labels as JSONL here")
+    p.add_argument(
+        "--labels-file",
+        type=Path,
+        default=None,
+        help="also write the labels as JSONL here (default: RUN_DIR/labels/sim-seedSEED.jsonl)",
+    )
     p.add_argument("--dry-run", action="store_true", help="generate and count, send nothing")
     p.add_argument(
         "--imperfections",
@@ -185,7 +208,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="preset imperfection rates; the flags below override single rates (default light)",
     )
     for name in _RATE_FLAGS:
-        p.add_argument(f"--{name.replace('_', '-')}", type=_rate, default=None, metavar="SHARE")
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=_rate, default=None, metavar="SHARE", help=_RATE_HELP[name]
+        )
     p.add_argument("--watermark-s", type=_rate, default=30.0, help="out-of-order bound, seconds (default 30)")
     p.add_argument(
         "--late-max-s", type=_rate, default=300.0, help="latest late arrival, seconds (default 300)"
@@ -260,6 +285,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     cfg = build_config(args, current.topic_prefix)
+    if args.labels_file is None:
+        args.labels_file = current.run_dir / "labels" / f"sim-seed{cfg.seed}.jsonl"
     sim = Simulation(cfg)
     if args.city_json:
         _write_json(args.city_json, sim.city.to_dict())

@@ -105,6 +105,17 @@ class Counts:
         return asdict(self)
 
 
+def _sensor_count(share: float, n: int) -> int:
+    """Sensors a per-sensor share affects: rounded half up, and at least one when the share is positive.
+
+    Why at least one: a small test city (10 sensors) with a 5 % share should
+    still show the behaviour it asked for.
+    """
+    if share <= 0 or n == 0:
+        return 0
+    return min(n, max(1, int(share * n + 0.5)))
+
+
 class Imperfector:
     """Per-domain imperfection state across the blocks of a run (gaps continue over block edges)."""
 
@@ -114,7 +125,7 @@ class Imperfector:
         self.rates = rates
         self.rng = rng
         self.counts = Counts()
-        n_silent = round(rates.silent * n)
+        n_silent = _sensor_count(rates.silent, n)
         silent = rng.choice(n, size=n_silent, replace=False) if n_silent else np.zeros(0, dtype=np.int64)
         self.silent_from = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
         if n_silent:
@@ -122,7 +133,7 @@ class Imperfector:
                 int(0.2 * n_steps), max(int(0.8 * n_steps), int(0.2 * n_steps) + 1), n_silent
             )
         self.counts.silent_sensors = n_silent
-        n_skew = round(rates.clock_skew * n)
+        n_skew = _sensor_count(rates.clock_skew, n)
         self.skew_ms = np.zeros(n, dtype=np.int64)
         if n_skew:
             who = rng.choice(n, size=n_skew, replace=False)

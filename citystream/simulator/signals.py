@@ -93,6 +93,34 @@ def _ar1(state: np.ndarray, eps: np.ndarray, phi: float, sigma: float) -> tuple[
     return out, x
 
 
+def poisson(lam: np.ndarray, u: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Poisson counts by inverting the CDF at uniforms ``u`` (normal approximation via ``z`` above 50).
+
+    Why not ``Generator.poisson``: its rejection sampler consumes a number of
+    random draws that depends on ``lam``, so an anomaly that changes one
+    sensor's demand would reshuffle the noise of every later sensor. Here each
+    reading consumes exactly one ``u`` and one ``z``.
+    """
+    lam = np.maximum(lam, 0.0)
+    small = lam <= 50.0
+    count = np.where(small, 0, np.maximum(np.round(lam + np.sqrt(lam) * z), 0)).astype(np.int64)
+    if small.any():
+        ls, us = lam[small], u[small]
+        pmf = np.exp(-ls)
+        cdf = pmf.copy()
+        k = np.zeros(ls.shape, dtype=np.int64)
+        limit = int(ls.max() + 8 * np.sqrt(ls.max()) + 10)
+        for i in range(1, limit + 1):
+            below = us > cdf
+            if not below.any():
+                break
+            k += below
+            pmf = pmf * ls / i
+            cdf = cdf + pmf
+        count[small] = k
+    return count
+
+
 def _phi(dt_s: float, tau_s: float) -> float:
     return float(np.exp(-dt_s / tau_s))
 
@@ -158,7 +186,7 @@ class TrafficGenerator:
         )
         density = density * d["flow_factor"]
         q = density * speed
-        count = self.rng.poisson(q * self.dt_s / 3600.0)
+        count = poisson(q * self.dt_s / 3600.0, self.rng.random(x.shape), self.rng.standard_normal(x.shape))
         occupancy = np.clip(
             density * self.VEHICLE_LENGTH_KM * 100.0 * (1.0 + 0.06 * self.rng.standard_normal(x.shape)),
             0.0,
@@ -179,8 +207,10 @@ class WaterGenerator:
     """DMAs: demand drives inlet flow and head loss; tanks integrate pump inflow minus outflow.
 
     Pumps follow level hysteresis (on below 1.5 m, off above 4.8 m), the same
-    control BATADAL's C-Town uses; anomalies can force a pump off (failure) or
-    on (failed level switch -> overflow).
+    control BATADAL's C-Town uses. ``pump_force`` lets anomalies override it:
+    -1 automatic, 0 off, 1 on, 2 on with the bypass stuck open (overflow),
+    3 motor running but delivering almost nothing (failure: air lock, broken
+    impeller), which a status-vs-flow check can always see.
     """
 
     domain = "water"
@@ -243,12 +273,12 @@ class WaterGenerator:
             auto = np.where(level < self.LOW_M, True, np.where(level > self.HIGH_M, False, on))
             force = d["pump_force"][step]
             on = np.where(force < 0, auto, force >= 1)
-            # 2 = level control failed: pump forced on and the bypass valve stuck open as well
-            inflow = np.where(on, self.pump_rate, 0.0) * np.where(force == 2, 2.5, 1.0)
+            delivered = np.where(on, self.pump_rate, 0.0) * np.where(force == 3, 0.03, 1.0)
+            inflow = delivered * np.where(force == 2, 2.5, 1.0)
             outflow = d["demand_lps"][step] * self.tank_outflow_share
             level = level + (inflow - outflow) / 1000.0 * self.dt_s / self.tank_area
             level = np.clip(level, 0.05, self.OVERFLOW_M)
-            levels[step], pumps[step], pump_flow[step] = level, on, np.where(on, self.pump_rate, 0.0)
+            levels[step], pumps[step], pump_flow[step] = level, on, delivered
         self.level, self.pump_on = level, on
         ratio = total / self.mean_demand[None, :]
         rnd = self.rng.standard_normal((k, self.n))
@@ -270,7 +300,9 @@ class WaterGenerator:
         tb_noise, self.turbidity_state = _ar1(
             self.turbidity_state, self.rng.standard_normal((k, self.n_dma)), _phi(self.dt_s, 1800.0), 0.05
         )
-        chlorine = (0.55 + 0.08 * (ratio - 1.0) + cl_noise) * d["chlorine_factor"]
+        # residence time follows what customers draw (a leak's extra flow is not used to model it)
+        use = d["demand_lps"] / self.mean_demand[None, :]
+        chlorine = (0.55 + 0.08 * (use - 1.0) + cl_noise) * d["chlorine_factor"]
         turbidity = 0.25 + np.abs(tb_noise) + d["turbidity_add"]
         ph = 7.35 + 0.03 * rnd
         return {

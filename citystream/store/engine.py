@@ -40,6 +40,7 @@ from citystream.store.errors import (
 log = logging.getLogger("citystream.store")
 
 LOCK_NAME = ".store.lock"
+_INFO_QUERY = "SELECT version(), timezone(), displayName(), revision()"
 
 
 def _lock_directory(path: Path) -> int:
@@ -72,8 +73,9 @@ class Engine:
 
             self._chdb = chdb
             self._anchor: Any = chdb.connect(self.path)
-            row = self._anchor.query("SELECT version(), timezone(), displayName(), revision()", "TabSeparated")
-            version, tz, display, revision = row.bytes().decode().rstrip("\n").split("\t")
+            row = self._anchor.query(_INFO_QUERY, "TabSeparated").bytes().decode()
+            version, tz, display, revision = row.rstrip("\n").split("\t")
+            names = self._anchor.query("SELECT name FROM system.settings", "TabSeparated").bytes()
         except BaseException:
             self._release_lock()
             raise
@@ -81,6 +83,8 @@ class Engine:
         self.timezone = tz
         self.display_name = display
         self.revision = int(revision)
+        #: Query-level settings the engine accepts (aliases included).
+        self.settings: frozenset[str] = frozenset(names.decode().split())
 
     def connect(self) -> Any:
         """A fresh connection: its own database and settings, shared data."""

@@ -16,8 +16,10 @@ Contract (what clients may rely on; all of it is what a ClickHouse server does):
   ``enable_http_compression`` (+ ``Accept-Encoding``: zstd, lz4, gzip, deflate),
   ``client_protocol_version`` (Native re-framed for that revision); the other
   transport-only parameters in :data:`TRANSPORT_PARAMS` are accepted and
-  ignored, and every remaining parameter is applied as an engine setting
-  (an unknown one fails with UNKNOWN_SETTING, as on a server).
+  ignored; every other parameter the engine knows as a setting is applied
+  (a bad value fails as on a server), and one it does not know (a
+  server-only setting, or a typo) is skipped with a warning in the log, so
+  that clients written for a ClickHouse server keep working.
 * Request bodies may be sent with ``Content-Encoding`` gzip/deflate/zstd/lz4
   (br when the brotli module is installed) and chunked transfer encoding.
 * Users: the read-write user and the read-only user from
@@ -165,7 +167,9 @@ class StoreConfig:
     idle_connection_timeout_s: float = 300.0
 
     @classmethod
-    def from_settings(cls, settings: Any, data_dir: Path | None = None, port: int | None = None) -> StoreConfig:
+    def from_settings(
+        cls, settings: Any, data_dir: Path | None = None, port: int | None = None
+    ) -> StoreConfig:
         users = (
             User(settings.clickhouse_user, settings.clickhouse_password, 0),
             User(settings.clickhouse_viewer_user, settings.clickhouse_viewer_password, 1),
@@ -183,8 +187,8 @@ class StoreConfig:
 
 
 def default_data_dir(settings: Any) -> Path:
-    """Where the stack keeps the store's data unless told otherwise."""
-    return Path(settings.run_dir) / "store"
+    """Where the stack keeps the store's data (citystream.stack.Store), so a hand-run serve finds it."""
+    return Path(settings.run_dir) / "store" / "data"
 
 
 # --------------------------------------------------------------------------- request model
@@ -197,10 +201,11 @@ class _Outcome:
     summary: dict[str, str] = field(default_factory=dict)
     rows: int = 0
     kind: str = ""
+    query: str = ""
 
 
 class _Body:
-    """The raw request body (Content-Length or chunked), read at most once, tracking whether it was drained."""
+    """The raw request body (Content-Length or chunked), read once; ``drained`` once fully read."""
 
     def __init__(self, handler: BaseHTTPRequestHandler) -> None:
         self._h = handler
@@ -309,21 +314,26 @@ class StoreServer:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self._users = {u.name: u for u in config.users}
-        self.engine = Engine(config.data_dir)
-        self.sessions = Sessions(self.engine, config.session_timeout_s, config.max_session_timeout_s)
         self._slots = threading.BoundedSemaphore(config.max_concurrent_queries)
         self._active = 0
         self._active_cv = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._ignored: set[str] = set()
+        # Bind first: a taken port should fail fast, before the engine spends time starting.
         try:
             self.httpd = _HTTPServer((config.host, config.port), _Handler, self)
         except OSError as exc:
-            self.engine.close()
             raise UserError(
                 f"store port {config.port} on {config.host} is not available ({exc.strerror}): "
                 "stop whatever uses it or set CITYSTREAM_STORE_PORT"
             ) from None
+        try:
+            self.engine = Engine(config.data_dir)
+        except BaseException:
+            self.httpd.server_close()
+            raise
+        self.sessions = Sessions(self.engine, config.session_timeout_s, config.max_session_timeout_s)
 
     @property
     def port(self) -> int:
@@ -342,17 +352,18 @@ class StoreServer:
         if self._closing:
             return
         self._closing = True
-        self.httpd.shutdown()
+        if self._thread is not None and self._thread.is_alive():
+            self.httpd.shutdown()
         self.httpd.server_close()
         deadline = time.monotonic() + self.config.shutdown_grace_s
         with self._active_cv:
             while self._active and time.monotonic() < deadline:
                 self._active_cv.wait(0.2)
             if self._active:
-                log.warning("store: %d request(s) still running after the grace period", self._active)
+                log.warning("%d request(s) still running after the grace period", self._active)
         self.sessions.close_all()
         self.engine.close()
-        log.info("store: engine closed, data flushed")
+        log.info("engine closed, data flushed")
 
     # ----------------------------------------------------------------- request handling
 
@@ -405,6 +416,7 @@ class StoreServer:
             )
         session: Session | None = None
         conn: Any = None
+        seen: dict[str, str] = {}
         try:
             session_id = params.get("session_id")
             if session_id:
@@ -415,7 +427,16 @@ class StoreServer:
             else:
                 conn = self.engine.connect()
             self._prepare(conn, user, method, params, headers, session)
-            return self._run(conn, user, params, headers, chunks)
+            return self._run(conn, user, params, headers, chunks, seen)
+        except StoreError as err:
+            err.query = seen.get("query", "")  # type: ignore[attr-defined]
+            message = str(err)
+            if user.name != "default" and message.startswith("default: "):
+                # The engine knows a single user; name the one who asked.
+                renamed = StoreError(err.code, f"{user.name}: {message[9:]}")
+                renamed.query = err.query  # type: ignore[attr-defined]
+                raise renamed from err
+            raise
         finally:
             if session is not None:
                 self.sessions.release(session)
@@ -435,7 +456,17 @@ class StoreServer:
         database = params.get("database") or headers.get("X-ClickHouse-Database")
         if database:
             _engine_call(conn.query, f"USE `{database.replace('`', '``')}`", "TabSeparated")
-        settings = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
+        settings = {}
+        for name, value in params.items():
+            if name in TRANSPORT_PARAMS or name.startswith("param_"):
+                continue
+            if name in self.engine.settings:
+                settings[name] = value
+            elif name not in self._ignored:
+                # A setting only a ClickHouse server has (or a typo): a client written for a
+                # server must keep working, so it is skipped, and reported once.
+                self._ignored.add(name)
+                log.warning("ignoring setting %r unknown to the embedded engine", name)
         if session is not None:
             settings = {k: v for k, v in settings.items() if session.applied.get(k) != v}
         for name in settings:
@@ -459,6 +490,7 @@ class StoreServer:
         params: Mapping[str, str],
         headers: Mapping[str, str],
         chunks: Iterator[bytes],
+        seen: dict[str, str],
     ) -> _Outcome:
         url_query = params.get("query")
         head = bytearray()
@@ -472,7 +504,9 @@ class StoreServer:
         exhausted = first is None
         stmt = analyze(head.decode("latin-1"))
         # An INSERT's head may span several body chunks; anything else is read in full below.
-        while (stmt.kind in ("", "INSERT")) and not (stmt.kind == "INSERT" and stmt.complete) and not exhausted:
+        while (
+            (stmt.kind in ("", "INSERT")) and not (stmt.kind == "INSERT" and stmt.complete) and not exhausted
+        ):
             if len(head) > MAX_INSERT_HEAD:
                 break
             more = next(chunks, None)
@@ -486,6 +520,7 @@ class StoreServer:
             if closed.has_insert_data:
                 stmt = closed
         if stmt.kind == "INSERT" and stmt.has_insert_data:
+            seen["query"] = _snippet(head[: stmt.head_end or 0]) + f" FORMAT {stmt.format}"
             return self._insert(conn, params, head, stmt, chunks)
         for more in chunks:
             head += more
@@ -494,6 +529,7 @@ class StoreServer:
         text = bytes(head)
         if not text.strip():
             raise StoreError(SYNTAX_ERROR, "Empty query")
+        seen["query"] = _snippet(text)
         stmt = analyze(text.decode("latin-1"))
         self._check(user, stmt)
         default_fmt = params.get("default_format") or headers.get("X-ClickHouse-Format") or "TabSeparated"
@@ -512,6 +548,7 @@ class StoreServer:
             summary=summary,
             rows=int(summary.get("result_rows", "0") or 0),
             kind=stmt.kind,
+            query=seen["query"],
         )
 
     def _check(self, user: User, stmt: Statement) -> None:
@@ -565,7 +602,13 @@ class StoreServer:
             "result_bytes": str(result.bytes_written),
             "elapsed_ns": str(int(float(elapsed) * 1e9)),
         }
-        return _Outcome(summary=summary, rows=written, kind="INSERT")
+        return _Outcome(summary=summary, rows=written, kind="INSERT", query=_snippet(head[: stmt.head_end]))
+
+
+def _snippet(text: bytes | bytearray, limit: int = 160) -> str:
+    """A log-friendly one-line prefix of a query."""
+    line = " ".join(bytes(text[: limit * 2]).decode("utf-8", errors="replace").split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _content_type(fmt: str) -> str:
@@ -637,7 +680,7 @@ class _HTTPServer(ThreadingHTTPServer):
         super().__init__(address, handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.warning("store: unhandled error serving %s", client_address, exc_info=True)
+        log.warning("unhandled error serving %s", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -656,7 +699,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server_version
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("store http: " + format, *args)
+        log.debug("http: " + format, *args)
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:
         pass
@@ -683,9 +726,11 @@ class _Handler(BaseHTTPRequestHandler):
             path == "/" and "query" not in params and self.command in ("GET", "HEAD")
         ):
             self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            log.debug("%s %s -> 200 Ok.", self.command, path)
             return
         if path != "/":
             self._send(404, f"There is no handle {path}\n\nUse / or /ping.\n".encode(), {})
+            log.debug("%s %s -> 404", self.command, path)
             return
         query_id = params.get("query_id") or str(uuid.uuid4())
         base_headers = {
@@ -722,7 +767,7 @@ class _Handler(BaseHTTPRequestHandler):
                     headers["Content-Encoding"] = coding
             self._send(200, payload, headers)
             log.debug(
-                "store: %s %s %s fmt=%s rows=%d bytes=%d %.1fms query_id=%s",
+                "%s %s %s fmt=%s rows=%d bytes=%d %.1fms query_id=%s: %s",
                 user_name,
                 self.command,
                 outcome.kind or "-",
@@ -731,14 +776,21 @@ class _Handler(BaseHTTPRequestHandler):
                 len(payload),
                 (time.perf_counter() - started) * 1000,
                 query_id,
+                outcome.query,
             )
         except StoreError as err:
             self._fail(err, base_headers, body, user_name, params)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as exc:  # a bug in the store: still answer like a server would
-            log.warning("store: internal error", exc_info=True)
-            self._fail(StoreError(UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc}"), base_headers, body, user_name, params)
+            log.warning("internal error", exc_info=True)
+            self._fail(
+                StoreError(UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc}"),
+                base_headers,
+                body,
+                user_name,
+                params,
+            )
 
     def _request_chunks(self, raw: Iterator[bytes], params: dict[str, str]) -> Iterator[bytes]:
         ctype = self.headers.get("Content-Type", "")
@@ -751,14 +803,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _form_fields(ctype: str, data: bytes, params: dict[str, str]) -> None:
-        message = email.parser.BytesParser().parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + data)
+        message = email.parser.BytesParser().parsebytes(
+            b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + data
+        )
         for part in message.walk():
             if part.is_multipart():
                 continue
             name = part.get_param("name", header="content-disposition")
             payload = part.get_payload(decode=True) or b""
             if part.get_filename():
-                raise StoreError(NOT_IMPLEMENTED, "External data tables are not supported by the citystream store")
+                raise StoreError(
+                    NOT_IMPLEMENTED, "External data tables are not supported by the citystream store"
+                )
             if isinstance(name, str):
                 params[name] = payload.decode("utf-8", errors="replace")
 
@@ -779,11 +835,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         text = err.body(self.server.store.engine.version)
         log.warning(
-            "store: %s code=%d %s query=%r",
+            "%s HTTP %d code=%d %s query_id=%s: %s",
             user_name,
+            status,
             err.code,
-            str(err).splitlines()[0][:300] if str(err) else "",
-            (params.get("query") or "")[:200],
+            (str(err).splitlines() or [""])[0][:300],
+            headers.get("X-ClickHouse-Query-Id", ""),
+            getattr(err, "query", "") or _snippet((params.get("query") or "").encode()),
         )
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self._send(status, text.encode(), out)
@@ -810,7 +868,7 @@ def serve(config: StoreConfig, ready: Any = None) -> int:
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
-        log.info("store: received %s, shutting down", signal.Signals(signum).name)
+        log.info("received %s, shutting down", signal.Signals(signum).name)
         stop.set()
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -66,7 +66,7 @@ def _tokens(text: str):  # type: ignore[no-untyped-def]
         if ch in _BLANK:
             i += 1
             continue
-        if ch == "-" and text.startswith("--", i) or ch == "#" and (i + 1 == n or text[i + 1] in " !"):
+        if (ch == "-" and text.startswith("--", i)) or (ch == "#" and (i + 1 == n or text[i + 1] in " !")):
             end = text.find("\n", i)
             if end < 0:
                 return
@@ -131,7 +131,14 @@ def _tokens(text: str):  # type: ignore[no-untyped-def]
             yield _Token(";", ch, i, i + 1, depth)
             i += 1
             continue
-        yield _Token("num" if ch.isdigit() else "op", ch, i, i + 1, depth)
+        if ch.isdigit():
+            j = i + 1
+            while j < n and (text[j] in _WORD or text[j] == "."):
+                j += 1
+            yield _Token("num", text[i:j], i, j, depth)
+            i = j
+            continue
+        yield _Token("op", ch, i, i + 1, depth)
         i += 1
 
 
@@ -188,7 +195,7 @@ def _output_format(top: list[_Token]) -> str | None:
             continue
         after = top[i + 2] if i + 2 < len(top) else None
         if after is None or (after.kind == "word" and after.text.upper() == "SETTINGS"):
-            return name.text.strip("`\"")
+            return name.text.strip('`"')
     return None
 
 
@@ -221,7 +228,7 @@ def _analyze_insert(text: str, tokens) -> Statement:  # type: ignore[no-untyped-
                 return Statement(kind="INSERT", complete=False)
             return Statement(
                 kind="INSERT",
-                format=name.text.strip("`\""),
+                format=name.text.strip('`"'),
                 head_end=tok.start,
                 data_start=_data_start(text, name.end),
             )
@@ -248,3 +255,44 @@ def _insert_select(text: str, tokens) -> Statement:  # type: ignore[no-untyped-d
 
 def _is_qualified(prev: _Token | None) -> bool:
     return prev is not None and prev.kind == "op" and prev.text == "."
+
+
+def split_statements(text: str) -> list[str]:
+    """Split a script on top-level ``;`` (not inside strings, comments or parentheses).
+
+    Why: the HTTP interface runs one statement per request, so migration files
+    with several statements are sent one by one. Pieces holding only comments
+    or blanks are dropped.
+    """
+    statements: list[str] = []
+    start = 0
+    has_code = False
+    for tok in _tokens(text):
+        if tok.kind == "open":
+            raise ValueError("unterminated string, quoted identifier or comment")
+        if tok.kind == ";" and tok.depth == 0:
+            if has_code:
+                statements.append(text[start : tok.start].strip())
+            start = tok.end
+            has_code = False
+        else:
+            if not has_code:
+                start = tok.start
+            has_code = True
+    if has_code:
+        statements.append(text[start:].strip())
+    return statements
+
+
+def canonical(text: str) -> str:
+    """The script's tokens joined by single spaces: comments and layout removed, literals kept.
+
+    Why: a migration's checksum should change when what it does changes, not
+    when a comment in it is improved.
+    """
+    parts = []
+    for tok in _tokens(text):
+        if tok.kind == "open":
+            raise ValueError("unterminated string, quoted identifier or comment")
+        parts.append(tok.text)
+    return " ".join(parts)

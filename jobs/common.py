@@ -1,0 +1,519 @@
+"""The machinery every domain job shares: raw Kafka in, windows with lateness, three outputs.
+
+A domain job (``jobs/grid.py`` ...) is a :class:`Domain` (which record, which
+checks, which aggregates) handed to :func:`process`, the pure function
+``raw readings Table -> Outputs(aggregates, late_events, dead_letters)``.
+``main`` only wires Kafka tables from settings.
+
+Why this shape (numbers in benchmarks/jobs.py and the README):
+
+* Records are read with the ``raw`` format and decoded by a Java scalar
+  function (``AVRO_DECODE``, jobs/java): Flink's ``avro`` format fails the job
+  on one undecodable record; a Python UDF would touch every event at ~1/4 of
+  the JVM's speed. Bad bytes, NaN/Inf, impossible values and implausible event
+  times become dead letters with a reason, in SQL.
+* Event time with a bounded out-of-orderness watermark per domain; idle
+  partitions stop holding the watermark back after ``table.exec.source.idle-timeout``.
+* Late readings: ``CURRENT_WATERMARK`` is read in the first operator after the
+  source. A reading whose earliest window is already past the allowed lateness
+  goes to the late-events topic with its lateness; everything else is
+  guaranteed to be accepted downstream (a downstream watermark is never ahead
+  of the source's). Windows are Flink's (legacy) group windows because only
+  they support allowed lateness with late firing: each reading that arrives
+  after its window fired re-emits the window. The revision is the number of
+  such readings, computed from the watermark each late reading saw, so it is
+  the same number whichever order the firings happen in.
+* Duplicates (same sensor and seq) are flagged by a proctime OVER count
+  keyed by (sensor, seq) and left in the stream, so each window can count them
+  while aggregating only first deliveries.
+* Outputs: aggregates go to an upsert-kafka topic keyed by (domain, key_kind,
+  key_id, metric, window_start, window_end): a late correction is the same key
+  with a higher revision, which ClickHouse's ReplacingMergeTree keeps. All
+  sinks are transactional (exactly-once) when ``main`` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyflink.table import Table, TableEnvironment
+
+from citystream.settings import ROOT, Settings
+
+JAVA_DIR = ROOT / "jobs" / "java"
+UDF_JAR_NAME = "citystream-udfs.jar"
+
+#: SQL name -> Java class of the project's JVM functions (jobs/java).
+JAVA_FUNCTIONS = {
+    "AVRO_DECODE": "io.citystream.flink.AvroDecode",
+    "EPOCH_MS": "io.citystream.flink.EpochMillis",
+    "COUNT_AT_LEAST": "io.citystream.flink.CountAtLeast",
+    "LINEAR_SLOPE": "io.citystream.flink.LinearSlope",
+}
+
+
+# --------------------------------------------------------------------------- domain spec
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One ``WindowAggregate.metric`` a job emits per key and window.
+
+    ``value`` (SQL over reading columns) gives samples/mean/min/max of that
+    value; ``mean`` (SQL over the window's aggregate columns, see
+    :attr:`Domain.aggregates`, and ``{window_s}``) overrides the mean, and when
+    there is no ``value`` the metric is a single number (mean = min = max).
+    A row is emitted only where the metric has a value.
+    """
+
+    name: str
+    value: str | None = None
+    mean: str | None = None
+    samples: str | None = None
+
+
+@dataclass(frozen=True)
+class Domain:
+    """What distinguishes traffic, water and grid; everything else is shared."""
+
+    name: str
+    record: str
+    topic: str
+    zone_kind: str
+    zone: str
+    checks: tuple[tuple[str, str], ...]
+    metrics: tuple[Metric, ...]
+    #: alias -> aggregate SQL; ``{nd}`` is the "first delivery" condition for FILTER clauses.
+    aggregates: tuple[tuple[str, str], ...] = ()
+    out_of_order_s: int = 5
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Window sizes, allowed lateness and plausibility limits (all configurable per run)."""
+
+    tumble_s: int = 60
+    hop_size_s: int = 300
+    hop_slide_s: int = 60
+    zone_s: int = 60
+    allowed_lateness_s: int = 120
+    #: Event times before this (UTC) are dead letters: clocks reset to 1970, corrupt fields.
+    min_event_time: str = "2000-01-01 00:00:00"
+    #: Event times more than this ahead of processing time are dead letters.
+    max_future_s: int = 86_400
+    #: How long duplicate detection remembers a (sensor, seq) (processing time).
+    dedup_ttl_s: int = 3_600
+
+
+@dataclass
+class Outputs:
+    """The three result tables of a domain job."""
+
+    aggregates: Table
+    late_events: Table
+    dead_letters: Table
+    extra: dict[str, Table] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def udf_jar(*, build: bool = True) -> Path:
+    """The project's JVM function jar, built with Maven when missing or older than its sources.
+
+    Why on demand: the jar is a build artefact (git-ignored ``target/``), and a
+    job started from a fresh checkout should not need a separate build step.
+    """
+    jar = JAVA_DIR / "target" / UDF_JAR_NAME
+    sources = [JAVA_DIR / "pom.xml", *sorted((JAVA_DIR / "src").rglob("*.java"))]
+    stale = not jar.is_file() or jar.stat().st_mtime < max(p.stat().st_mtime for p in sources)
+    if stale and build:
+        from citystream.errors import UserError
+
+        cmd = ["mvn", "-q", "-B", "-f", str(JAVA_DIR / "pom.xml"), "package"]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not jar.is_file():
+            raise UserError(
+                f"building {jar.name} failed: {' '.join(cmd)}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
+    return jar
+
+
+def job_environment(
+    settings: Settings, *, parallelism: int | None = None, checkpoint_interval: str | None = None
+) -> TableEnvironment:
+    """``jobs.runtime.table_environment`` plus the project's JVM functions and job-wide options."""
+    from jobs.runtime import connector_jars, table_environment
+
+    t_env = table_environment(settings, parallelism=parallelism)
+    conf = t_env.get_config()
+    jars = [*connector_jars(settings), udf_jar()]
+    conf.set("pipeline.jars", ";".join(j.as_uri() for j in jars))
+    if checkpoint_interval:
+        conf.set("execution.checkpointing.interval", checkpoint_interval)
+    # Stable operator uids derived from the plan, so savepoints survive restarts of the same SQL.
+    conf.set("table.exec.uid.generation", "ALWAYS")
+    # The aggregates sink is keyed by the window's full identity; no extra materialisation needed.
+    conf.set("table.exec.sink.upsert-materialize", "NONE")
+    for name, cls in JAVA_FUNCTIONS.items():
+        t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {name} AS '{cls}' LANGUAGE JAVA")
+    return t_env
+
+
+def configure_lateness(t_env: TableEnvironment, windows: Windows) -> None:
+    """Allowed lateness with a re-emission per late reading (legacy group windows read these)."""
+    conf = t_env.get_config()
+    conf.set("table.exec.emit.late-fire.enabled", "true")
+    conf.set("table.exec.emit.late-fire.delay", "0 s")
+    conf.set("table.exec.emit.allow-lateness", f"{int(windows.allowed_lateness_s)} s")
+    conf.set("table.exec.state.ttl", f"{int(windows.dedup_ttl_s)} s")
+
+
+# --------------------------------------------------------------------------- source DDL
+
+
+def record_type(domain: Domain) -> str:
+    """The Flink SQL ROW type of the domain's Avro record (what AVRO_DECODE returns)."""
+    from jobs.sql import columns
+
+    return f"ROW<{columns(domain.record)}>"
+
+
+def raw_columns(domain: Domain, windows: Windows) -> str:
+    """Column list of a raw readings table: bytes, Kafka coordinates, decoded record, rowtime.
+
+    ``ts`` is NULL for anything that is not a plausible reading, so a corrupt or
+    far-future record can never move the watermark.
+    """
+    decode = f"AVRO_DECODE(`raw_value`, '{record_type(domain)}')"
+    et = f"{decode}.record.envelope.event_time"
+    return f"""`d` AS {decode},
+  `pt` AS PROCTIME(),
+  `ts` AS CASE WHEN {decode}.reason IS NULL
+                 AND {et} >= TIMESTAMP '{windows.min_event_time}'
+                 AND {et} <= TIMESTAMPADD(SECOND, {int(windows.max_future_s)}, LOCALTIMESTAMP)
+               THEN {et} END,
+  WATERMARK FOR `ts` AS `ts` - INTERVAL '{int(domain.out_of_order_s)}' SECOND"""
+
+
+def raw_kafka_table(
+    table: str,
+    domain: Domain,
+    windows: Windows,
+    *,
+    topic: str,
+    bootstrap: str,
+    bounded: bool = False,
+    group_id: str | None = None,
+    watermark_on_event: bool = False,
+) -> str:
+    """``CREATE TEMPORARY TABLE`` reading a readings topic as raw bytes (key and value).
+
+    ``watermark_on_event`` emits a watermark after every record instead of
+    every 200 ms: tests use it so that which reading is late does not depend on
+    timing; production keeps periodic watermarks (cheaper).
+    """
+    options = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": bootstrap,
+        "properties.group.id": group_id or f"citystream-{domain.name}",
+        "properties.isolation.level": "read_committed",
+        "scan.startup.mode": "earliest-offset",
+        "key.format": "raw",
+        "key.fields": "raw_key",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+    }
+    if bounded:
+        options["scan.bounded.mode"] = "latest-offset"
+    if watermark_on_event:
+        options["scan.watermark.emit.strategy"] = "on-event"
+    opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
+    return f"""CREATE TEMPORARY TABLE `{table}` (
+  `raw_key` BYTES,
+  `raw_value` BYTES,
+  `src_topic` STRING METADATA FROM 'topic' VIRTUAL,
+  `src_partition` INT METADATA FROM 'partition' VIRTUAL,
+  `src_offset` BIGINT METADATA FROM 'offset' VIRTUAL,
+  {raw_columns(domain, windows)}
+) WITH (
+  {opts}
+)"""
+
+
+# --------------------------------------------------------------------------- the pure function
+
+
+def _reading_fields(domain: Domain) -> list[str]:
+    from jobs.sql import avsc
+
+    return [f["name"] for f in avsc(domain.record)["fields"] if f["name"] != "envelope"]
+
+
+_ENVELOPE = ("sensor_id", "site_id", "zone_id", "domain", "seq", "quality")
+
+
+def process(t_env: TableEnvironment, domain: Domain, raw: Table, windows: Windows | None = None) -> Outputs:
+    """Raw readings (columns of :func:`raw_kafka_table`) -> aggregates, late events, dead letters.
+
+    Pure: no sources or sinks are touched; tests feed a bounded raw table and
+    collect the three outputs.
+    """
+    w = windows or Windows()
+    configure_lateness(t_env, w)
+    p = f"_cs_{domain.name}"
+    t_env.create_temporary_view(f"{p}_raw", raw)
+
+    fields = _reading_fields(domain)
+    flat = ",\n    ".join(
+        [f"d.record.envelope.`{c}` AS `{c}`" for c in _ENVELOPE]
+        + [f"d.record.`{c}` AS `{c}`" for c in fields]
+    )
+    # Flatten first, so domain checks are plain SQL over the reading's columns.
+    t_env.create_temporary_view(
+        f"{p}_decoded",
+        t_env.sql_query(f"""
+  SELECT src_topic, src_partition, src_offset, raw_key, raw_value, pt, ts,
+         d.reason AS decode_reason, d.error AS decode_error,
+         CURRENT_WATERMARK(ts) AS wm, {flat}
+  FROM {p}_raw"""),
+    )
+    checks = [("ts IS NOT NULL", "event time outside the plausible range"), *domain.checks]
+    reason = "\n      ".join(f"WHEN ({cond}) IS NOT TRUE THEN 'invalid_value'" for cond, _ in checks)
+    error = "\n      ".join(
+        f"WHEN ({cond}) IS NOT TRUE THEN '{msg.replace(chr(39), chr(39) * 2)}'" for cond, msg in checks
+    )
+    # Earliest window end the reading contributes to: accepted there means accepted everywhere.
+    ts_ms = "EPOCH_MS(ts)"
+    ends = [
+        f"({ts_ms} - MOD({ts_ms}, {s * 1000}) + {s * 1000})"
+        for s in sorted({w.tumble_s, w.hop_slide_s, w.zone_s})
+    ]
+    first_end = ends[0] if len(ends) == 1 else f"LEAST({', '.join(ends)})"
+    lateness_ms = int(w.allowed_lateness_s) * 1000
+    cols = ", ".join([*(f"`{c}`" for c in _ENVELOPE), *(f"`{c}`" for c in fields)])
+    t_env.create_temporary_view(
+        f"{p}_classified",
+        t_env.sql_query(f"""
+  SELECT src_topic, src_partition, src_offset, raw_key, raw_value, pt, ts, wm,
+    CASE WHEN decode_reason IS NOT NULL THEN decode_reason
+      {reason}
+    END AS reason,
+    CASE WHEN decode_reason IS NOT NULL THEN decode_error
+      {error}
+    END AS error,
+    EPOCH_MS(wm) AS wm_ms, {ts_ms} AS ts_ms, {first_end} AS first_end_ms,
+    {cols}
+  FROM {p}_decoded"""),
+    )
+    dead_letters = t_env.sql_query(f"""
+  SELECT src_topic AS source_topic, src_partition AS source_partition, src_offset AS source_offset,
+         raw_key AS original_key, raw_value AS original_value, reason, COALESCE(error, '') AS error,
+         CAST(LOCALTIMESTAMP AS TIMESTAMP(3)) AS received_at
+  FROM {p}_classified WHERE reason IS NOT NULL""")
+    too_late = f"wm_ms IS NOT NULL AND wm_ms >= first_end_ms - 1 + {lateness_ms}"
+    late_events = t_env.sql_query(f"""
+  SELECT src_topic AS source_topic, src_partition AS source_partition, src_offset AS source_offset,
+         sensor_id, CAST(ts AS TIMESTAMP(3)) AS event_time, wm AS `watermark`,
+         wm_ms - ts_ms AS lateness_ms, raw_value AS original
+  FROM {p}_classified WHERE reason IS NULL AND {too_late}""")
+    t_env.create_temporary_view(
+        f"{p}_marked",
+        t_env.sql_query(f"""
+  SELECT ts, ts_ms, wm_ms, wm_ms IS NOT NULL AND ts_ms < wm_ms AS is_late, {cols},
+         {domain.zone} AS zone_key,
+         COUNT(*) OVER (PARTITION BY sensor_id, seq ORDER BY pt
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS occurrence
+  FROM {p}_classified WHERE reason IS NULL AND NOT ({too_late})"""),
+    )
+    parts = [
+        _windowed(t_env, domain, f"{p}_marked", "sensor", "sensor_id", "TUMBLE", (w.tumble_s,)),
+        _windowed(t_env, domain, f"{p}_marked", "sensor", "sensor_id", "HOP", (w.hop_slide_s, w.hop_size_s)),
+        _windowed(t_env, domain, f"{p}_marked", domain.zone_kind, "zone_key", "TUMBLE", (w.zone_s,)),
+    ]
+    aggregates = parts[0]
+    for part in parts[1:]:
+        aggregates = aggregates.union_all(part)
+    return Outputs(aggregates=aggregates, late_events=late_events, dead_letters=dead_letters)
+
+
+_window_counter = [0]
+
+
+def _windowed(
+    t_env: TableEnvironment,
+    domain: Domain,
+    view: str,
+    key_kind: str,
+    key_col: str,
+    kind: str,
+    sizes: tuple[int, ...],
+) -> Table:
+    """One group window over the marked stream, unpivoted into WindowAggregate rows."""
+    _window_counter[0] += 1
+    name = f"_cs_{domain.name}_w{_window_counter[0]}"
+    spec = "ts, " + ", ".join(f"INTERVAL '{int(s)}' SECOND(9)" for s in sizes)
+    window_s = sizes[-1]
+    nd = "occurrence = 1"
+    aggs = [
+        f"COUNT(*) FILTER (WHERE {nd}) AS samples",
+        "COUNT(*) FILTER (WHERE occurrence > 1) AS duplicates",
+        f"COUNT(*) FILTER (WHERE {nd} AND is_late) AS late",
+        "ARRAY_AGG(wm_ms) FILTER (WHERE is_late) AS late_wms",
+    ]
+    for i, m in enumerate(domain.metrics):
+        if m.value:
+            aggs += [
+                f"COUNT({m.value}) FILTER (WHERE {nd}) AS n_{i}",
+                f"AVG({m.value}) FILTER (WHERE {nd}) AS mean_{i}",
+                f"MIN({m.value}) FILTER (WHERE {nd}) AS min_{i}",
+                f"MAX({m.value}) FILTER (WHERE {nd}) AS max_{i}",
+            ]
+    aggs += [f"{sql.format(nd=nd)} AS {alias}" for alias, sql in domain.aggregates]
+    t_env.create_temporary_view(
+        name,
+        t_env.sql_query(f"""
+  SELECT {key_col} AS key_id, {kind}_START({spec}) AS window_start, {kind}_END({spec}) AS window_end,
+         {", ".join(aggs)}
+  FROM {view}
+  GROUP BY {key_col}, {kind}({spec})"""),
+    )
+    selects = []
+    for i, m in enumerate(domain.metrics):
+        mean = f"({m.mean.format(window_s=float(window_s))})" if m.mean else f"mean_{i}"
+        samples = m.samples or (f"n_{i}" if m.value else "samples")
+        lo, hi = (f"min_{i}", f"max_{i}") if m.value else (mean, mean)
+        selects.append(f"""
+  SELECT '{domain.name}' AS domain, '{key_kind}' AS key_kind, key_id, '{m.name}' AS metric,
+         window_start, window_end, {samples} AS samples,
+         CAST({mean} AS DOUBLE) AS `mean`, CAST({lo} AS DOUBLE) AS `min`, CAST({hi} AS DOUBLE) AS `max`,
+         late, duplicates,
+         COUNT_AT_LEAST(late_wms, EPOCH_MS(window_end) - 1) AS revision
+  FROM {name} WHERE {samples} > 0 AND {mean} IS NOT NULL""")
+    return t_env.sql_query("\nUNION ALL".join(selects))
+
+
+# --------------------------------------------------------------------------- sinks and main
+
+
+def aggregates_sink(table: str, *, topic: str, bootstrap: str, transactional_id_prefix: str | None) -> str:
+    """Upsert-Kafka table for WindowAggregate rows keyed by the window's identity.
+
+    Why upsert: windows with allowed lateness re-emit corrections; the key makes
+    a correction replace its predecessor (Kafka compaction, ClickHouse
+    ReplacingMergeTree on ``revision``) instead of adding a row.
+    """
+    from jobs.sql import columns
+
+    options = {
+        "connector": "upsert-kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": bootstrap,
+        "key.format": "json",
+        "value.format": "avro",
+        "value.fields-include": "ALL",
+    }
+    if transactional_id_prefix:
+        options["sink.delivery-guarantee"] = "exactly-once"
+        options["sink.transactional-id-prefix"] = transactional_id_prefix
+    else:
+        options["sink.delivery-guarantee"] = "at-least-once"
+    opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
+    return f"""CREATE TEMPORARY TABLE `{table}` (
+  {columns("citystream.WindowAggregate")},
+  PRIMARY KEY (domain, key_kind, key_id, metric, window_start, window_end) NOT ENFORCED
+) WITH (
+  {opts}
+)"""
+
+
+def build(
+    t_env: TableEnvironment,
+    settings: Settings,
+    domain: Domain,
+    windows: Windows,
+    *,
+    bounded: bool,
+    exactly_once: bool = True,
+    watermark_on_event: bool = False,
+) -> dict[str, str]:
+    """Register the raw source and the three sinks for ``domain``; returns sink table names."""
+    from jobs.sql import kafka_table
+
+    job = f"citystream-{domain.name}"
+    t_env.execute_sql(
+        raw_kafka_table(
+            f"{domain.name}_raw", domain, windows,
+            topic=settings.topic(domain.topic), bootstrap=settings.kafka_bootstrap,
+            bounded=bounded, group_id=job, watermark_on_event=watermark_on_event,
+        )
+    )  # fmt: skip
+    sinks = {
+        "aggregates": f"{domain.name}_aggregates",
+        "late_events": f"{domain.name}_late_events",
+        "dead_letters": f"{domain.name}_dead_letters",
+    }
+    prefix = (lambda what: f"{job}-{what}") if exactly_once else (lambda what: None)
+    t_env.execute_sql(
+        aggregates_sink(
+            sinks["aggregates"], topic=settings.topic("aggregates"), bootstrap=settings.kafka_bootstrap,
+            transactional_id_prefix=prefix("agg"),
+        )
+    )  # fmt: skip
+    for what, record, topic in (
+        ("late_events", "citystream.LateEvent", "late-events"),
+        ("dead_letters", "citystream.DeadLetter", "dead-letters"),
+    ):
+        t_env.execute_sql(
+            kafka_table(
+                sinks[what], record, topic=settings.topic(topic), bootstrap=settings.kafka_bootstrap,
+                sink=True, transactional_id_prefix=prefix(what.replace("_", "-")),
+            )
+        )  # fmt: skip
+    return sinks
+
+
+def insert_all(t_env: TableEnvironment, outputs: Outputs, sinks: dict[str, str]):
+    """One Flink job writing all three outputs (one source read, one checkpoint barrier)."""
+    stmt = t_env.create_statement_set()
+    stmt.add_insert(sinks["aggregates"], outputs.aggregates)
+    stmt.add_insert(sinks["late_events"], outputs.late_events)
+    stmt.add_insert(sinks["dead_letters"], outputs.dead_letters)
+    return stmt.execute()
+
+
+def main_for(domain: Domain, argv: Sequence[str] | None = None) -> int:
+    """The thin ``main()`` of every domain job: settings -> Kafka tables -> :func:`process`."""
+    from citystream.settings import load as load_settings
+
+    parser = argparse.ArgumentParser(prog=f"jobs.{domain.name}", description=f"citystream {domain.name} job")
+    parser.add_argument("--bounded", action="store_true", help="stop at the offsets current at start")
+    parser.add_argument("--parallelism", type=int, default=None)
+    parser.add_argument("--tumble-s", type=int, default=Windows.tumble_s)
+    parser.add_argument("--hop-size-s", type=int, default=Windows.hop_size_s)
+    parser.add_argument("--hop-slide-s", type=int, default=Windows.hop_slide_s)
+    parser.add_argument("--zone-s", type=int, default=Windows.zone_s)
+    parser.add_argument("--allowed-lateness-s", type=int, default=Windows.allowed_lateness_s)
+    parser.add_argument("--out-of-order-s", type=int, default=domain.out_of_order_s)
+    parser.add_argument("--at-least-once", action="store_true", help="non-transactional Kafka sinks")
+    args = parser.parse_args(argv)
+    windows = Windows(
+        tumble_s=args.tumble_s, hop_size_s=args.hop_size_s, hop_slide_s=args.hop_slide_s,
+        zone_s=args.zone_s, allowed_lateness_s=args.allowed_lateness_s,
+    )  # fmt: skip
+    from dataclasses import replace
+
+    domain = replace(domain, out_of_order_s=args.out_of_order_s)
+    settings = load_settings()
+    os.environ.setdefault("CITYSTREAM_JOB_NAME", f"citystream-{domain.name}")
+    t_env = job_environment(settings, parallelism=args.parallelism)
+    sinks = build(t_env, settings, domain, windows, bounded=args.bounded, exactly_once=not args.at_least_once)
+    outputs = process(t_env, domain, t_env.from_path(f"{domain.name}_raw"), windows)
+    insert_all(t_env, outputs, sinks).wait()
+    return 0

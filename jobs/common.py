@@ -54,6 +54,8 @@ JAVA_FUNCTIONS = {
     "EPOCH_MS": "io.citystream.flink.EpochMillis",
     "COUNT_AT_LEAST": "io.citystream.flink.CountAtLeast",
     "LINEAR_SLOPE": "io.citystream.flink.LinearSlope",
+    "ENVELOPE_TIME": "io.citystream.flink.EnvelopeTime",
+    "EMISSIONS": "io.citystream.flink.Emissions",
 }
 
 
@@ -177,6 +179,12 @@ def configure_lateness(t_env: TableEnvironment, windows: Windows) -> None:
 # --------------------------------------------------------------------------- source DDL
 
 
+def interval(seconds: int) -> str:
+    """A SQL interval literal of whole seconds (``INTERVAL '300' SECOND`` overflows SECOND(2))."""
+    s = int(seconds)
+    return f"INTERVAL '{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}' HOUR TO SECOND"
+
+
 def record_type(domain: Domain) -> str:
     """The Flink SQL ROW type of the domain's Avro record (what AVRO_DECODE returns)."""
     from jobs.sql import columns
@@ -190,15 +198,14 @@ def raw_columns(domain: Domain, windows: Windows) -> str:
     ``ts`` is NULL for anything that is not a plausible reading, so a corrupt or
     far-future record can never move the watermark.
     """
-    decode = f"AVRO_DECODE(`raw_value`, '{record_type(domain)}')"
-    et = f"{decode}.record.envelope.event_time"
-    return f"""`d` AS {decode},
+    import datetime as dt
+
+    floor = dt.datetime.fromisoformat(windows.min_event_time).replace(tzinfo=dt.UTC)
+    min_ms = int(floor.timestamp() * 1000)
+    return f"""`d` AS AVRO_DECODE(`raw_value`, '{record_type(domain)}'),
   `pt` AS PROCTIME(),
-  `ts` AS CASE WHEN {decode}.reason IS NULL
-                 AND {et} >= TIMESTAMP '{windows.min_event_time}'
-                 AND {et} <= TIMESTAMPADD(SECOND, {int(windows.max_future_s)}, LOCALTIMESTAMP)
-               THEN {et} END,
-  WATERMARK FOR `ts` AS `ts` - INTERVAL '{int(domain.out_of_order_s)}' SECOND"""
+  `ts` AS ENVELOPE_TIME(`raw_value`, {min_ms}, {int(windows.max_future_s) * 1000}),
+  WATERMARK FOR `ts` AS `ts` - {interval(domain.out_of_order_s)}"""
 
 
 def raw_kafka_table(
@@ -358,7 +365,7 @@ def _windowed(
     """One group window over the marked stream, unpivoted into WindowAggregate rows."""
     _window_counter[0] += 1
     name = f"_cs_{domain.name}_w{_window_counter[0]}"
-    spec = "ts, " + ", ".join(f"INTERVAL '{int(s)}' SECOND(9)" for s in sizes)
+    spec = "ts, " + ", ".join(interval(s) for s in sizes)
     window_s = sizes[-1]
     nd = "occurrence = 1"
     aggs = [
@@ -376,27 +383,51 @@ def _windowed(
                 f"MAX({m.value}) FILTER (WHERE {nd}) AS max_{i}",
             ]
     aggs += [f"{sql.format(nd=nd)} AS {alias}" for alias, sql in domain.aggregates]
+    # Every branch reads the same columns (sensor_id and zone_key), so the planner shares one
+    # de-duplication operator between them instead of pruning each branch's input differently.
+    # A sensor's zone is fixed, so grouping sensors by (sensor, zone) changes nothing.
+    if key_col == "sensor_id":
+        group = "sensor_id, zone_key"
+    else:
+        group = key_col
+        aggs.append(f"COUNT(DISTINCT sensor_id) FILTER (WHERE {nd}) AS sensors")
     t_env.create_temporary_view(
         name,
         t_env.sql_query(f"""
   SELECT {key_col} AS key_id, {kind}_START({spec}) AS window_start, {kind}_END({spec}) AS window_end,
          {", ".join(aggs)}
   FROM {view}
-  GROUP BY {key_col}, {kind}({spec})"""),
+  GROUP BY {group}, {kind}({spec})"""),
     )
-    selects = []
+    # Unpivot in one operator (UNNEST): a UNION ALL of per-metric projections would make the
+    # planner prune each branch's aggregate differently and run one window operator per metric.
+    rows = []
     for i, m in enumerate(domain.metrics):
         mean = f"({m.mean.format(window_s=float(window_s))})" if m.mean else f"mean_{i}"
         samples = m.samples or (f"n_{i}" if m.value else "samples")
         lo, hi = (f"min_{i}", f"max_{i}") if m.value else (mean, mean)
-        selects.append(f"""
-  SELECT '{domain.name}' AS domain, '{key_kind}' AS key_kind, key_id, '{m.name}' AS metric,
-         window_start, window_end, {samples} AS samples,
-         CAST({mean} AS DOUBLE) AS `mean`, CAST({lo} AS DOUBLE) AS `min`, CAST({hi} AS DOUBLE) AS `max`,
-         late, duplicates,
-         COUNT_AT_LEAST(late_wms, EPOCH_MS(window_end) - 1) AS revision
-  FROM {name} WHERE {samples} > 0 AND {mean} IS NOT NULL""")
-    return t_env.sql_query("\nUNION ALL".join(selects))
+        rows.append(
+            f"ROW(CAST('{m.name}' AS STRING), CAST({samples} AS BIGINT), CAST({mean} AS DOUBLE), "
+            f"CAST({lo} AS DOUBLE), CAST({hi} AS DOUBLE))"
+        )
+    t_env.create_temporary_view(
+        f"{name}_packed",
+        t_env.sql_query(f"""
+  SELECT key_id, window_start, window_end, late, duplicates,
+         COUNT_AT_LEAST(late_wms, EPOCH_MS(window_end) - 1) AS revision,
+         ARRAY[
+    {("," + chr(10) + "    ").join(rows)}
+  ] AS metrics
+  FROM {name}"""),
+    )
+    # Late firings make the window result a changelog; EMISSIONS (jobs/java) keeps every
+    # emission as an appended row, and the revision tells ClickHouse which one is current.
+    return t_env.sql_query(f"""
+  SELECT '{domain.name}' AS domain, '{key_kind}' AS key_kind, e.key_id, m.metric,
+         e.window_start, e.window_end, m.samples, m.`mean`, m.`min`, m.`max`, e.late, e.duplicates, e.revision
+  FROM EMISSIONS(input => TABLE {name}_packed PARTITION BY key_id, uid => '{name}') AS e
+  CROSS JOIN UNNEST(e.metrics) AS m(metric, samples, `mean`, `min`, `max`)
+  WHERE m.samples > 0 AND m.`mean` IS NOT NULL""")
 
 
 # --------------------------------------------------------------------------- sinks and main
@@ -419,11 +450,7 @@ def aggregates_sink(table: str, *, topic: str, bootstrap: str, transactional_id_
         "value.format": "avro",
         "value.fields-include": "ALL",
     }
-    if transactional_id_prefix:
-        options["sink.delivery-guarantee"] = "exactly-once"
-        options["sink.transactional-id-prefix"] = transactional_id_prefix
-    else:
-        options["sink.delivery-guarantee"] = "at-least-once"
+    options.update(_delivery(transactional_id_prefix))
     opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
     return f"""CREATE TEMPORARY TABLE `{table}` (
   {columns("citystream.WindowAggregate")},
@@ -431,6 +458,27 @@ def aggregates_sink(table: str, *, topic: str, bootstrap: str, transactional_id_
 ) WITH (
   {opts}
 )"""
+
+
+def _delivery(transactional_id_prefix: str | None) -> dict[str, str]:
+    if not transactional_id_prefix:
+        return {"sink.delivery-guarantee": "at-least-once"}
+    return {
+        "sink.delivery-guarantee": "exactly-once",
+        "sink.transactional-id-prefix": transactional_id_prefix,
+        # Flink's default (1 h) exceeds the broker's default transaction.max.timeout.ms (15 min).
+        "properties.transaction.timeout.ms": "600000",
+    }
+
+
+def append_sink(table: str, record: str, *, topic: str, bootstrap: str, transactional_id_prefix: str | None) -> str:
+    """Kafka table (Avro value, no key) for append-only results: late events, dead letters."""
+    from jobs.sql import columns
+
+    options = {"connector": "kafka", "topic": topic, "properties.bootstrap.servers": bootstrap, "format": "avro"}
+    options.update(_delivery(transactional_id_prefix))
+    opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
+    return f"CREATE TEMPORARY TABLE `{table}` (\n  {columns(record)}\n) WITH (\n  {opts}\n)"
 
 
 def build(
@@ -444,8 +492,6 @@ def build(
     watermark_on_event: bool = False,
 ) -> dict[str, str]:
     """Register the raw source and the three sinks for ``domain``; returns sink table names."""
-    from jobs.sql import kafka_table
-
     job = f"citystream-{domain.name}"
     t_env.execute_sql(
         raw_kafka_table(
@@ -459,21 +505,18 @@ def build(
         "late_events": f"{domain.name}_late_events",
         "dead_letters": f"{domain.name}_dead_letters",
     }
-    prefix = (lambda what: f"{job}-{what}") if exactly_once else (lambda what: None)
-    t_env.execute_sql(
-        aggregates_sink(
-            sinks["aggregates"], topic=settings.topic("aggregates"), bootstrap=settings.kafka_bootstrap,
-            transactional_id_prefix=prefix("agg"),
-        )
-    )  # fmt: skip
+    # Transactional ids must be unique per job and deployment (topic prefix), stable across restarts.
+    tx = f"{settings.topic_prefix}{job}"
+    prefix = (lambda what: f"{tx}-{what}") if exactly_once else (lambda what: None)
     for what, record, topic in (
+        ("aggregates", "citystream.WindowAggregate", "aggregates"),
         ("late_events", "citystream.LateEvent", "late-events"),
         ("dead_letters", "citystream.DeadLetter", "dead-letters"),
     ):
         t_env.execute_sql(
-            kafka_table(
+            append_sink(
                 sinks[what], record, topic=settings.topic(topic), bootstrap=settings.kafka_bootstrap,
-                sink=True, transactional_id_prefix=prefix(what.replace("_", "-")),
+                transactional_id_prefix=prefix(what.replace("_", "-")),
             )
         )  # fmt: skip
     return sinks

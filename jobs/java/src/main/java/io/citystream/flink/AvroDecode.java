@@ -110,7 +110,7 @@ public class AvroDecode extends ScalarFunction {
         }
         Decoder d = decoders.get(recordType);
         if (d == null) {
-            d = new Decoder((RowType) parse(recordType));
+            d = new Decoder((RowType) parse(recordType).copy(false));
             decoders.put(recordType, d);
         }
         return d;

@@ -1,0 +1,736 @@
+"""Detection config, per-key window detectors, sensor health and the alert lifecycle - all pure.
+
+Why one module of pure functions: the same code runs in three places - the
+Flink detect job (jobs/detect.py, state in keyed ValueState as JSON), the
+quality report on the seeded simulator (``citystream evaluate``) and the unit
+tests - and must give identical verdicts in all three. Everything here is
+``state in -> (state out, records out)`` with plain-JSON state, so a job
+restored from a checkpoint continues exactly where it stopped.
+
+Two stages, because they are keyed differently:
+
+1. ``MetricDetector.step`` - one key per (sensor, metric): a robust EWMA
+   baseline judges each 1-minute window mean ("level"), the within-window
+   excursion judges spikes ("peak"), operating bands judge from the first
+   window ("rule"); flat-lining and impossible values are *health*, not
+   anomalies, and stop the model from learning garbage.
+2. ``GroupEngine.step`` - one key per alert group (a zone/DMA, or the whole
+   grid): decides each sensor's health from all its metrics, mutes unhealthy
+   sensors, turns the rest into Anomaly records and runs the alert lifecycle
+   (open -> update -> resolve, with hysteresis, a quiet period and a
+   cooldown), grouping related anomalies by family and place so one leak is
+   one alert and a stuck sensor is one ``sensor_fault`` alert at most.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from citystream.detect.base import is_missing, tail_score
+from citystream.errors import UserError
+
+#: Where the job and the report read their configuration by default.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "infra" / "detection.toml"
+
+DETECTORS = ("level", "peak", "rule")
+SEVERITIES = ("info", "warning", "critical")
+#: 0.6745 * this = 1: turns a mean absolute deviation into a Gaussian sigma.
+_MAD_TO_SIGMA = math.sqrt(math.pi / 2.0)
+#: Residuals are clipped at this many scales when they update a baseline, so an
+#: anomaly is absorbed slowly instead of teaching the key that it is normal.
+_CLIP = 3.0
+#: Verdict health values coming out of stage 1.
+OK, FLAT, OUT_OF_RANGE = "ok", "flat", "out_of_range"
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """How one metric of one domain is judged (one ``[domain.X.metric.Y]`` table)."""
+
+    name: str
+    detectors: tuple[str, ...] = ("level", "peak")
+    warmup_windows: int = 20
+    halflife_windows: float = 30.0
+    level_z: float = 7.0
+    peak_z: float = 9.0
+    min_scale: float = 0.0
+    rel_scale: float = 0.002
+    stuck_windows: int = 3
+    zero_is_normal: bool = False
+    skip_zero: bool = False
+    zone_z: float = 0.0
+    zone_min_sensors: int = 3
+    low: float | None = None
+    high: float | None = None
+    rule_low: float | None = None
+    rule_high: float | None = None
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - 0.5 ** (1.0 / self.halflife_windows)
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """Lifecycle settings shared by every group (the ``[alerts]`` table), in windows."""
+
+    keep_z: float = 3.0
+    quiet_windows: int = 3
+    cooldown_windows: int = 15
+    silent_windows: int = 5
+
+
+@dataclass(frozen=True)
+class DomainRules:
+    name: str
+    group: str  # "zone": one group per id field 2 (zone / DMA / substation); "domain": one group
+    metrics: Mapping[str, MetricRule]
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """The whole of infra/detection.toml, validated."""
+
+    window_ms: int
+    domains: Mapping[str, DomainRules]
+    alerts: AlertPolicy = field(default_factory=AlertPolicy)
+
+    def rule(self, domain: str, metric: str) -> MetricRule | None:
+        """The rule for a metric, or None when the metric is not configured (not judged)."""
+        d = self.domains.get(domain)
+        return None if d is None else d.metrics.get(metric)
+
+    def group_of(self, domain: str, key_id: str) -> str:
+        """Alert group of a sensor: ids are ``{domain}-{zone|substation}-...`` as in the city model."""
+        d = self.domains[domain]
+        if d.group == "domain":
+            return domain
+        parts = key_id.split("-")
+        return f"{domain}-{parts[1]}" if len(parts) > 1 else f"{domain}-{key_id}"
+
+
+_METRIC_FIELDS = {f.name for f in fields(MetricRule)} - {"name"}
+_POLICY_FIELDS = {f.name for f in fields(AlertPolicy)}
+
+
+def _typed(where: str, key: str, value: Any, default: Any) -> Any:
+    """Coerce one TOML value to the type of its default; reject what cannot be meant."""
+    if key == "detectors":
+        if not isinstance(value, list) or any(v not in DETECTORS for v in value):
+            raise UserError(f"{where}: detectors must be a list drawn from {', '.join(DETECTORS)}")
+        return tuple(value)
+    if isinstance(default, bool) or key in ("zero_is_normal", "skip_zero"):
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: {key} must be true or false")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UserError(f"{where}: {key} must be a number, got {value!r}")
+    if isinstance(default, int) and not isinstance(default, bool):
+        if int(value) != value or value < 0:
+            raise UserError(f"{where}: {key} must be a whole number >= 0")
+        return int(value)
+    return float(value)
+
+
+def parse_config(data: Mapping[str, Any], source: str = "detection config") -> DetectionConfig:
+    """Validate the parsed TOML; every error names the table and key at fault."""
+    known_top = {"window_ms", "defaults", "alerts", "domain"}
+    unknown = set(data) - known_top
+    if unknown:
+        raise UserError(f"{source}: unknown top-level keys {sorted(unknown)}")
+    window_ms = data.get("window_ms", 60_000)
+    if not isinstance(window_ms, int) or window_ms <= 0:
+        raise UserError(f"{source}: window_ms must be a positive integer")
+    base = MetricRule("")
+    defaults: dict[str, Any] = {}
+    for k, v in dict(data.get("defaults", {})).items():
+        if k not in _METRIC_FIELDS:
+            raise UserError(f"{source} [defaults]: unknown key {k!r}")
+        defaults[k] = _typed(f"{source} [defaults]", k, v, getattr(base, k))
+    policy_kw: dict[str, Any] = {}
+    for k, v in dict(data.get("alerts", {})).items():
+        if k not in _POLICY_FIELDS:
+            raise UserError(f"{source} [alerts]: unknown key {k!r}")
+        policy_kw[k] = _typed(f"{source} [alerts]", k, v, getattr(AlertPolicy(), k))
+    domains: dict[str, DomainRules] = {}
+    for dname, dtable in dict(data.get("domain", {})).items():
+        where = f"{source} [domain.{dname}]"
+        extra = set(dtable) - {"group", "metric"}
+        if extra:
+            raise UserError(f"{where}: unknown keys {sorted(extra)}")
+        group = dtable.get("group", "zone")
+        if group not in ("zone", "domain"):
+            raise UserError(f"{where}: group must be 'zone' or 'domain'")
+        metrics: dict[str, MetricRule] = {}
+        for mname, mtable in dict(dtable.get("metric", {})).items():
+            mwhere = f"{source} [domain.{dname}.metric.{mname}]"
+            kw = dict(defaults)
+            for k, v in dict(mtable).items():
+                if k not in _METRIC_FIELDS:
+                    raise UserError(f"{mwhere}: unknown key {k!r}")
+                kw[k] = _typed(mwhere, k, v, getattr(base, k))
+            rule = MetricRule(mname, **kw)
+            if rule.halflife_windows <= 0 or rule.level_z <= 0 or rule.peak_z <= 0:
+                raise UserError(f"{mwhere}: halflife_windows, level_z and peak_z must be positive")
+            for lo, hi in (("low", "high"), ("rule_low", "rule_high")):
+                a, b = getattr(rule, lo), getattr(rule, hi)
+                if a is not None and b is not None and a >= b:
+                    raise UserError(f"{mwhere}: {lo} must be below {hi}")
+            if "rule" in rule.detectors and rule.rule_low is None and rule.rule_high is None:
+                raise UserError(f"{mwhere}: the rule detector needs rule_low and/or rule_high")
+            metrics[mname] = rule
+        domains[dname] = DomainRules(dname, group, metrics)
+    return DetectionConfig(window_ms, domains, AlertPolicy(**policy_kw))
+
+
+def load_config(path: Path | str | None = None) -> DetectionConfig:
+    """Read and validate a detection config file (default: infra/detection.toml)."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        data = tomllib.loads(p.read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read detection config {p}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"detection config {p} is not valid TOML: {exc}") from None
+    return parse_config(data, str(p))
+
+
+# --------------------------------------------------------------------------- stage 1: per (sensor, metric)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+@dataclass(frozen=True)
+class MetricDetector:
+    """Level, peak and rule detection plus flat/out-of-range health for one (sensor, metric)."""
+
+    rule: MetricRule
+
+    @staticmethod
+    def init() -> dict[str, Any]:
+        return {"n": 0, "m": None, "s": 0.0, "pm": 0.0, "ps": 0.0, "last": None, "flat": 0, "w": None}
+
+    def ready(self, state: Mapping[str, Any]) -> bool:
+        return state["n"] >= self.rule.warmup_windows
+
+    def step(self, state: Mapping[str, Any], row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Fold one WindowAggregate row in; return (new state, verdict).
+
+        The verdict always comes back (stage 2 needs every window for the
+        hysteresis and the health decision); ``z`` is the strongest signed
+        evidence, ``anomalous`` says whether a detector's threshold was met.
+        Rows for a window at or before the last one seen (late revisions)
+        are ignored: re-scoring a window would count the same evidence twice.
+        """
+        r = self.rule
+        w_end = int(row["window_end"])
+        mean, lo, hi = row["mean"], row["min"], row["max"]
+        verdict: dict[str, Any] = {
+            "key_id": row["key_id"],
+            "metric": r.name,
+            "window_start": int(row["window_start"]),
+            "window_end": w_end,
+            "observed": mean,
+            "expected": None,
+            "z": 0.0,
+            "lz": 0.0,
+            "score": 0.0,
+            "detector": "",
+            "anomalous": False,
+            "severity": "info",
+            "health": OK,
+            "note": "",
+        }
+        if state["w"] is not None and w_end <= state["w"]:
+            verdict["note"] = "late revision ignored"
+            return dict(state), verdict
+        new = dict(state)
+        new["w"] = w_end
+        if is_missing(mean) or is_missing(lo) or is_missing(hi):
+            verdict["note"] = "no value"
+            return new, verdict
+        # -- health: impossible values and flat-lining are the sensor's problem, not the world's
+        if (r.low is not None and lo < r.low) or (r.high is not None and hi > r.high):
+            verdict["health"] = OUT_OF_RANGE
+            verdict["note"] = f"{r.name} {_fmt(lo)}..{_fmt(hi)} outside the instrument range [{r.low}, {r.high}]"
+            return new, verdict
+        if r.skip_zero and lo <= 0.0:
+            verdict["note"] = f"{r.name} at or through zero (equipment off): not judged"
+            new["flat"] = 0
+            return new, verdict
+        tol = 1e-9 * max(1.0, abs(mean))
+        flat_now = hi - lo <= tol and state["last"] is not None and abs(mean - state["last"]) <= tol
+        if r.zero_is_normal and abs(mean) <= tol:
+            flat_now = False
+        new["flat"] = state["flat"] + 1 if flat_now else 0
+        new["last"] = mean
+        if r.stuck_windows and new["flat"] + 1 >= r.stuck_windows:
+            verdict["health"] = FLAT
+            verdict["note"] = f"{r.name} flat at {_fmt(mean)} for {new['flat'] + 1} windows"
+            return new, verdict
+        recovered = r.stuck_windows and state["flat"] + 1 >= r.stuck_windows
+        # -- models: score against the state *before* this window, then learn
+        best_z, best_det, expected = 0.0, "", None
+        m = state["m"]
+        n = state["n"]
+        if m is None or recovered:
+            # first window, or back from a flat spell: the old baseline is stale, re-seed it
+            new.update({"m": mean, "n": n + 1 if m is None else n})
+            if m is None:
+                new["pm"] = max(hi - mean, mean - lo)
+        else:
+            scale = max(state["s"], r.min_scale, r.rel_scale * abs(m), 1e-12)
+            resid = mean - m
+            z = resid / scale
+            exc = max(hi - mean, mean - lo)
+            pscale = max(state["ps"] * _MAD_TO_SIGMA, r.min_scale, r.rel_scale * abs(m), 1e-12)
+            pz = (exc - state["pm"]) / pscale
+            if self.ready(state) and "level" in r.detectors:
+                verdict["lz"] = z
+            if self.ready(state):
+                if "level" in r.detectors and abs(z) > abs(best_z) and abs(z) >= r.level_z:
+                    best_z, best_det, expected = z, "level-v1", m
+                if "peak" in r.detectors and pz >= r.peak_z and pz > abs(best_z):
+                    best_z, best_det, expected = pz if (hi - mean) >= (mean - lo) else -pz, "peak-v1", m
+                if not best_det and "level" in r.detectors:
+                    best_z, expected = z, m  # below threshold: still evidence for hysteresis
+            a = max(r.alpha, 1.0 / (n + 1))
+            warm = n >= r.warmup_windows
+            d = max(-_CLIP * scale, min(_CLIP * scale, resid)) if warm else resid
+            pd = exc - state["pm"]
+            if warm:
+                pd = max(-_CLIP * pscale, min(_CLIP * pscale, pd))
+            new.update(
+                {
+                    "n": n + 1,
+                    "m": m + a * d,
+                    "s": state["s"] + a * (_MAD_TO_SIGMA * abs(d) - state["s"]),
+                    "pm": state["pm"] + a * pd,
+                    "ps": state["ps"] + a * (abs(pd) - state["ps"]),
+                }
+            )
+        if "rule" in r.detectors:
+            if r.rule_low is not None and mean < r.rule_low:
+                best_z, best_det, expected = -math.inf, "rule-v1", r.rule_low
+            elif r.rule_high is not None and mean > r.rule_high:
+                best_z, best_det, expected = math.inf, "rule-v1", r.rule_high
+        verdict["expected"] = expected
+        verdict["z"] = _finite(best_z)
+        if best_det:
+            threshold = r.peak_z if best_det == "peak-v1" else r.level_z
+            verdict["detector"] = best_det
+            verdict["anomalous"] = True
+            verdict["score"] = 1.0 if math.isinf(best_z) else tail_score(3.0 * best_z / threshold)
+            verdict["severity"] = "critical" if abs(best_z) >= 2 * threshold else "warning"
+            direction = "above" if best_z > 0 else "below"
+            if best_det == "rule-v1":
+                verdict["note"] = f"{r.name} {_fmt(mean)} {direction} its operating limit {_fmt(expected)}"
+            elif best_det == "peak-v1":
+                verdict["note"] = (
+                    f"{r.name} swung to {_fmt(hi if best_z > 0 else lo)} within the window "
+                    f"({abs(best_z):.0f} x its usual excursion)"
+                )
+            else:
+                verdict["note"] = f"{r.name} {_fmt(mean)} {direction} expected {_fmt(m)} ({best_z:+.1f} sd)"
+        return new, verdict
+
+
+def _finite(z: float) -> float:
+    """JSON (and Avro) cannot carry infinities; a rule breach is reported as a huge z."""
+    return math.copysign(1e9, z) if math.isinf(z) else z
+
+
+# --------------------------------------------------------------------------- stage 2: per alert group
+
+
+def family_and_locus(domain: str, metric: str, key_id: str) -> tuple[str, str]:
+    """Which anomalies belong to one incident: same domain, family and place.
+
+    Why these: frequency is one number for the whole synchronous grid, so
+    all meters agreeing on it are one event; other electrical quantities
+    move together per substation (a sag, an overload behind its bus); water
+    anomalies of one DMA share a cause (a leak shows on the inlet flow and
+    every pressure gauge); traffic anomalies of one zone's roads are one
+    queue. The place comes from the sensor id, which the city model builds
+    as ``{domain}-{zone or substation}-...``.
+    """
+    parts = key_id.split("-")
+    place = parts[1] if len(parts) > 1 else key_id
+    if domain == "grid":
+        if metric.startswith("frequency"):
+            return "frequency", "grid"
+        return "electrical", f"grid-{place}"
+    return domain, f"{domain}-{place}"
+
+
+def _kind(domain: str, family: str, evidence: Sequence[Mapping[str, Any]]) -> str:
+    """A human name for an incident from the anomalies in it (the grouping does not depend on it)."""
+    metrics = {(a["metric"], a["z"] > 0) for a in evidence}
+    if family == "frequency":
+        return "frequency_excursion"
+    if domain == "grid":
+        if ("voltage_v", False) in metrics:
+            return "voltage_sag"
+        if ("voltage_v", True) in metrics:
+            return "voltage_swell"
+        if ("current_a", True) in metrics or ("active_power_kw", True) in metrics:
+            return "overload"
+        return "electrical_anomaly"
+    if domain == "water":
+        names = {m for m, _ in metrics}
+        if names & {"turbidity_ntu", "chlorine_mgl", "ph"}:
+            return "water_quality"
+        if "tank_level_m" in names:
+            return "tank_level"
+        if ("flow_lps", True) in metrics or ("pressure_bar", False) in metrics:
+            return "leak"
+        return "hydraulic_anomaly"
+    if ("mean_speed_kmh", False) in metrics or ("occupancy_pct", True) in metrics:
+        return "congestion"
+    return "traffic_anomaly"
+
+
+def _max_severity(a: str, b: str) -> str:
+    return a if SEVERITIES.index(a) >= SEVERITIES.index(b) else b
+
+
+@dataclass(frozen=True)
+class GroupEngine:
+    """Sensor health, muting and the alert lifecycle for one alert group."""
+
+    config: DetectionConfig
+
+    @staticmethod
+    def init() -> dict[str, Any]:
+        return {"sensors": {}, "open": {}, "closed": {}, "w": None}
+
+    def step(
+        self, state: Mapping[str, Any], domain: str, window_end: int, verdicts: Iterable[Mapping[str, Any]]
+    ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+        """Process one window's verdicts of this group; return (new state, records to emit).
+
+        Records: ``anomalies`` (citystream.Anomaly), ``alerts`` (citystream.Alert)
+        and ``health`` (citystream.SensorHealth) as plain dicts.
+        """
+        cfg = self.config
+        pol = cfg.alerts
+        wms = cfg.window_ms
+        out: dict[str, list[dict[str, Any]]] = {"anomalies": [], "alerts": [], "health": []}
+        st: dict[str, Any] = {
+            "sensors": {k: dict(v) for k, v in state["sensors"].items()},
+            "open": {k: {**v, "keys": list(v["keys"])} for k, v in state["open"].items()},
+            "closed": dict(state["closed"]),
+            "w": window_end,
+        }
+        by_sensor: dict[str, list[Mapping[str, Any]]] = {}
+        for v in verdicts:
+            by_sensor.setdefault(v["key_id"], []).append(v)
+
+        # -- 1. health per sensor, from all its metrics together
+        faults: dict[str, str] = {}
+        for sid, vs in by_sensor.items():
+            checked = [v for v in vs if (r := cfg.rule(domain, v["metric"])) is not None and r.stuck_windows]
+            oor = [v for v in vs if v["health"] == OUT_OF_RANGE]
+            if oor:
+                status, detail = "out_of_range", oor[0]["note"]
+            elif checked and all(v["health"] == FLAT for v in checked):
+                status, detail = "stuck", "; ".join(v["note"] for v in checked)
+            else:
+                status, detail = OK, ""
+            faults[sid] = self._health(st, domain, sid, status, window_end, detail, out)
+        for sid, s in st["sensors"].items():
+            if sid in by_sensor or s["status"] == "silent":
+                continue
+            if window_end - s["seen"] >= pol.silent_windows * wms:
+                note = f"no aggregates for {(window_end - s['seen']) // wms} windows"
+                faults[sid] = self._health(st, domain, sid, "silent", window_end, note, out)
+
+        # -- 2. anomalies of healthy sensors, grouped into incidents
+        evidence: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+        alive: set[tuple[str, str]] = set()
+        for sid, vs in by_sensor.items():
+            if st["sensors"][sid]["status"] != OK:
+                continue  # muted: a broken sensor raises one health event, not a flood
+            for v in vs:
+                fam = family_and_locus(domain, v["metric"], sid)
+                if v["anomalous"]:
+                    evidence.setdefault(fam, []).append(v)
+                    out["anomalies"].append(self._anomaly(domain, v))
+                if abs(v["z"]) >= pol.keep_z:
+                    alive.add(fam)
+        self._coherent(domain, by_sensor, st, evidence, alive, window_end, out)
+        for fam, ev in sorted(evidence.items()):
+            self._grow(st, domain, fam, ev, window_end, out)
+        for fam_s in sorted(faults.values()):
+            if fam_s:
+                alive.add(tuple(fam_s.split("|", 1)))  # type: ignore[arg-type]
+
+        # -- 3. resolve incidents that went quiet (hysteresis: weak evidence keeps them open)
+        for akey in sorted(st["open"]):
+            a = st["open"][akey]
+            fam = tuple(akey.split("|", 1))
+            if fam in alive or a["last_seen"] == window_end:
+                a["quiet"] = 0
+                continue
+            a["quiet"] += 1
+            if a["quiet"] >= pol.quiet_windows:
+                out["alerts"].append(self._alert(a, "resolve", domain, f"resolved: {a['explanation']}"))
+                st["closed"][akey] = {"id": a["id"], "at": window_end, "first": a["first_seen"], "n": a["count"]}
+                del st["open"][akey]
+        horizon = window_end - pol.cooldown_windows * wms
+        st["closed"] = {k: v for k, v in st["closed"].items() if v["at"] > horizon}
+        return st, out
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _coherent(
+        self,
+        domain: str,
+        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
+        st: Mapping[str, Any],
+        evidence: dict[tuple[str, str], list[Mapping[str, Any]]],
+        alive: set[tuple[str, str]],
+        window_end: int,
+        out: dict[str, list[dict[str, Any]]],
+    ) -> None:
+        """Many sensors of one place moving together a little is one strong signal.
+
+        Why: a leak lowers every pressure of its DMA by ~3 sd - no single
+        gauge crosses its threshold, but 16 of them agreeing is not noise.
+        Level z-scores of the healthy sensors of one (place, metric) are
+        combined as sum(z) / sqrt(n) (Stouffer); the threshold (``zone_z``)
+        is set well above what ordinary common-mode swings reach, because
+        the sensors' residuals are correlated and the combination assumes not.
+        """
+        pools: dict[tuple[tuple[str, str], str], list[Mapping[str, Any]]] = {}
+        for sid, vs in by_sensor.items():
+            if st["sensors"][sid]["status"] != OK:
+                continue
+            for v in vs:
+                r = self.config.rule(domain, v["metric"])
+                if r is None or r.zone_z <= 0 or v["lz"] == 0.0:
+                    continue
+                pools.setdefault((family_and_locus(domain, v["metric"], sid), v["metric"]), []).append(v)
+        for (fam, metric), vs in sorted(pools.items()):
+            r = self.config.rule(domain, metric)
+            assert r is not None
+            if len(vs) < r.zone_min_sensors:
+                continue
+            zz = sum(v["lz"] for v in vs) / math.sqrt(len(vs))
+            if abs(zz) >= self.config.alerts.keep_z * math.sqrt(len(vs)) / 2:
+                alive.add(fam)
+            if abs(zz) < r.zone_z:
+                continue
+            sign = 1.0 if zz > 0 else -1.0
+            agree = [v for v in vs if v["lz"] * sign > 0]
+            mean_obs = sum(v["observed"] for v in vs) / len(vs)
+            note = (
+                f"{len(agree)} of {len(vs)} {metric} sensors moved together "
+                f"({'up' if sign > 0 else 'down'}, combined {zz:+.1f} sd)"
+            )
+            v0 = {
+                "key_id": fam[1],
+                "metric": metric,
+                "window_start": window_end - self.config.window_ms,
+                "window_end": window_end,
+                "observed": mean_obs,
+                "expected": None,
+                "z": zz,
+                "score": tail_score(3.0 * zz / r.zone_z),
+                "detector": "zone-v1",
+                "severity": "critical" if abs(zz) >= 2 * r.zone_z else "warning",
+                "note": note,
+            }
+            anomaly = self._anomaly(domain, v0)
+            anomaly["key_kind"] = "zone"
+            out["anomalies"].append(anomaly)
+            for v in agree:
+                evidence.setdefault(fam, []).append({**v, "z": v["lz"], "severity": v0["severity"], "note": note})
+
+    def _health(
+        self,
+        st: dict[str, Any],
+        domain: str,
+        sid: str,
+        status: str,
+        window_end: int,
+        detail: str,
+        out: dict[str, list[dict[str, Any]]],
+    ) -> str:
+        """Track one sensor's status; on a change emit a SensorHealth event and open/keep its fault alert."""
+        s = st["sensors"].setdefault(sid, {"status": OK, "since": window_end, "seen": window_end})
+        if status != "silent":
+            s["seen"] = window_end
+        fam = ("sensor_fault", sid)
+        if status != s["status"]:
+            s["status"], s["since"] = status, window_end
+            zone = sid.split("-")[1] if sid.count("-") else ""
+            out["health"].append(
+                {
+                    "sensor_id": sid,
+                    "site_id": "",
+                    "zone_id": zone,
+                    "domain": domain,
+                    "status": status,
+                    "since": window_end,
+                    "details": detail if status != OK else "sensor healthy again",
+                }
+            )
+            if status != OK:
+                ev = [{"key_id": sid, "metric": "", "z": 0.0, "severity": "warning", "note": f"{status}: {detail}"}]
+                self._grow(st, domain, fam, ev, window_end, out, kind="sensor_fault")
+        return "|".join(fam) if status != OK else ""
+
+    def _grow(
+        self,
+        st: dict[str, Any],
+        domain: str,
+        fam: tuple[str, str],
+        ev: Sequence[Mapping[str, Any]],
+        window_end: int,
+        out: dict[str, list[dict[str, Any]]],
+        kind: str | None = None,
+    ) -> None:
+        """Open an incident, re-open it within the cooldown, or add evidence to the open one."""
+        akey = "|".join(fam)
+        keys = sorted({e["key_id"] for e in ev})
+        sev = "info"
+        for e in ev:
+            sev = _max_severity(sev, e["severity"])
+        top = max(ev, key=lambda e: abs(e["z"]))
+        a = st["open"].get(akey)
+        if a is None:
+            closed = st["closed"].pop(akey, None)
+            a = {
+                "id": closed["id"] if closed else f"{akey.replace('|', ':')}:{window_end}",
+                "family": fam[0],
+                "kind": kind or _kind(domain, fam[0], ev),
+                "keys": keys,
+                "first_seen": closed["first"] if closed else window_end,
+                "last_seen": window_end,
+                "severity": sev,
+                "count": (closed["n"] if closed else 0) + len(ev),
+                "quiet": 0,
+                "explanation": "",
+            }
+            a["explanation"] = self._explain(a, top)
+            st["open"][akey] = a
+            out["alerts"].append(self._alert(a, "open", domain, a["explanation"]))
+            return
+        grew = set(keys) - set(a["keys"])
+        escalated = SEVERITIES.index(sev) > SEVERITIES.index(a["severity"])
+        a["keys"] = sorted(set(a["keys"]) | set(keys))
+        a["last_seen"] = window_end
+        a["count"] += len(ev)
+        a["quiet"] = 0
+        a["severity"] = _max_severity(a["severity"], sev)
+        if kind is None and a["kind"].endswith("_anomaly"):
+            a["kind"] = _kind(domain, fam[0], ev)
+        if grew or escalated:
+            a["explanation"] = self._explain(a, top)
+            out["alerts"].append(self._alert(a, "update", domain, a["explanation"]))
+
+    @staticmethod
+    def _explain(a: Mapping[str, Any], top: Mapping[str, Any]) -> str:
+        n = len(a["keys"])
+        where = a["keys"][0] if n == 1 else f"{n} sensors"
+        return f"{a['kind'].replace('_', ' ')} at {where}: {top['note']}"
+
+    @staticmethod
+    def _alert(a: Mapping[str, Any], state: str, domain: str, text: str) -> dict[str, Any]:
+        return {
+            "alert_id": a["id"],
+            "state": state,
+            "domain": domain,
+            "kind": a["kind"],
+            "key_kind": "sensor",
+            "affected_keys": list(a["keys"]),
+            "first_seen": a["first_seen"],
+            "last_seen": a["last_seen"],
+            "severity": a["severity"],
+            "anomaly_count": a["count"],
+            "explanation": text,
+        }
+
+    @staticmethod
+    def _anomaly(domain: str, v: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "domain": domain,
+            "key_kind": "sensor",
+            "key_id": v["key_id"],
+            "metric": v["metric"],
+            "detector": v["detector"],
+            "event_time": v["window_end"],
+            "window_start": v["window_start"],
+            "window_end": v["window_end"],
+            "score": v["score"],
+            "severity": v["severity"],
+            "observed": v["observed"],
+            "expected": v["expected"],
+            "explanation": v["note"],
+        }
+
+
+# --------------------------------------------------------------------------- driving both stages
+
+
+@dataclass
+class Detection:
+    """Both stages over a stream of WindowAggregate rows, in memory (report and tests).
+
+    Rows must arrive in window order per group; the Flink job gets the same
+    guarantee from event-time timers. ``run`` is what the job does per key,
+    minus the checkpointing.
+    """
+
+    config: DetectionConfig
+    metric_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    group_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def window(self, rows: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """One window's rows (any groups) -> records; only sensor-keyed rows are judged."""
+        cfg = self.config
+        per_group: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        for row in rows:
+            if row["key_kind"] != "sensor":
+                continue
+            rule = cfg.rule(row["domain"], row["metric"])
+            if rule is None:
+                continue
+            key = f"{row['domain']}|{row['key_id']}|{row['metric']}"
+            det = MetricDetector(rule)
+            st = self.metric_states.get(key) or det.init()
+            st, verdict = det.step(st, row)
+            self.metric_states[key] = st
+            g = (row["domain"], cfg.group_of(row["domain"], row["key_id"]), int(row["window_end"]))
+            per_group.setdefault(g, []).append(verdict)
+        out: dict[str, list[dict[str, Any]]] = {"anomalies": [], "alerts": [], "health": []}
+        engine = GroupEngine(cfg)
+        for (domain, group, w_end), verdicts in sorted(per_group.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+            gs = self.group_states.get(group) or engine.init()
+            gs, recs = engine.step(gs, domain, w_end, verdicts)
+            self.group_states[group] = gs
+            for k, v in recs.items():
+                out[k].extend(v)
+        return out
+
+    def run(self, rows: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """All rows, grouped by window end in ascending order."""
+        by_window: dict[int, list[Mapping[str, Any]]] = {}
+        for row in rows:
+            by_window.setdefault(int(row["window_end"]), []).append(row)
+        out: dict[str, list[dict[str, Any]]] = {"anomalies": [], "alerts": [], "health": []}
+        for w in sorted(by_window):
+            for k, v in self.window(by_window[w]).items():
+                out[k].extend(v)
+        return out

@@ -1,0 +1,287 @@
+"""Detect job: WindowAggregate rows in; Anomaly, Alert and SensorHealth records out.
+
+``detect`` is the whole job as a pure ``DataStream -> DataStream`` function
+(tests feed it bounded collections at parallelism 1 and 2); ``main`` only
+wires the Kafka topics from settings. The logic is citystream.alerts, the
+same code the quality report scores, so the report's numbers are the job's.
+
+Why this shape:
+
+* Python sees aggregates only (one row per sensor, metric and minute), never
+  raw readings - a Python operator handles ~10^4 records/s, the raw feed is
+  far more.
+* Stage 1 is keyed by (domain, sensor, metric): each key's detector state is
+  one JSON string in ``ValueState``, so checkpoints and savepoints carry it
+  and a restore continues with identical scores. Warm-up is per key.
+* Stage 2 is keyed by alert group (a zone/DMA, or the whole grid): verdicts
+  wait in ``MapState`` until the watermark passes their window, then the
+  group's windows are processed in order - health, muting, cross-sensor
+  coherence, the alert lifecycle. Event-time timers make the order
+  independent of parallelism and arrival order.
+* Both stateful operators have fixed uids, so a savepoint restores into a
+  rebuilt job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pyflink.common import Duration, Row, Types, WatermarkStrategy
+from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+
+from citystream.alerts import DetectionConfig, GroupEngine, MetricDetector, load_config
+
+#: Column order of the rows ``detect`` consumes (WindowAggregate, times as epoch ms).
+INPUT_FIELDS = ("domain", "key_kind", "key_id", "metric", "window_start", "window_end", "samples", "mean", "min", "max")
+INPUT_TYPE = Types.ROW_NAMED(
+    list(INPUT_FIELDS),
+    [
+        Types.STRING(),
+        Types.STRING(),
+        Types.STRING(),
+        Types.STRING(),
+        Types.LONG(),
+        Types.LONG(),
+        Types.LONG(),
+        Types.DOUBLE(),
+        Types.DOUBLE(),
+        Types.DOUBLE(),
+    ],
+)
+#: What ``detect`` emits: (record kind: anomaly | alert | health, the record as JSON).
+OUTPUT_TYPE = Types.TUPLE([Types.STRING(), Types.STRING()])
+METRIC_UID = "detect-metric-v1"
+GROUP_UID = "detect-group-v1"
+
+
+class _WindowEnd(TimestampAssigner):
+    def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
+        return int(value[5])
+
+
+class MetricStage(KeyedProcessFunction):
+    """Stage 1: one (domain, sensor, metric) key; its detector state is JSON in ValueState."""
+
+    def __init__(self, config: DetectionConfig) -> None:
+        self.config = config
+        self.state = None
+        self.detectors: dict[tuple[str, str], MetricDetector | None] = {}
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.state = runtime_context.get_state(ValueStateDescriptor("detector", Types.STRING()))
+
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context):  # type: ignore[override]
+        domain, metric = value[0], value[3]
+        det = self.detectors.get((domain, metric), False)
+        if det is False:
+            rule = self.config.rule(domain, metric)
+            det = MetricDetector(rule) if rule is not None else None
+            self.detectors[(domain, metric)] = det
+        if det is None:
+            return
+        raw = self.state.value()
+        st = json.loads(raw) if raw else det.init()
+        row = dict(zip(INPUT_FIELDS, value, strict=True))
+        st, verdict = det.step(st, row)
+        self.state.update(json.dumps(st, separators=(",", ":")))
+        verdict["domain"] = domain
+        yield self.config.group_of(domain, value[2]), json.dumps(verdict, separators=(",", ":"))
+
+
+class GroupStage(KeyedProcessFunction):
+    """Stage 2: one alert group; verdicts wait for the watermark, then windows run in order."""
+
+    def __init__(self, config: DetectionConfig) -> None:
+        self.config = config
+        self.engine = GroupEngine(config)
+        self.pending = None
+        self.state = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.pending = runtime_context.get_map_state(
+            MapStateDescriptor("pending", Types.STRING(), Types.STRING())
+        )
+        self.state = runtime_context.get_state(ValueStateDescriptor("group", Types.STRING()))
+
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context):  # type: ignore[override]
+        verdict = json.loads(value[1])
+        w = int(verdict["window_end"])
+        raw = self.state.value()
+        if raw and (done := json.loads(raw).get("w")) is not None and w <= done:
+            return  # its window was already judged: a late straggler cannot change history
+        self.pending.put(f"{w:016d}|{verdict['key_id']}|{verdict['metric']}", value[1])
+        ctx.timer_service().register_event_time_timer(w)
+        return
+        yield  # pragma: no cover - makes this a generator like the other callbacks
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):  # type: ignore[override]
+        due: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        for k, v in self.pending.items():
+            w = int(k.split("|", 1)[0])
+            if w <= timestamp:
+                due.setdefault(w, []).append((k, json.loads(v)))
+        if not due:
+            return
+        raw = self.state.value()
+        st = json.loads(raw) if raw else self.engine.init()
+        for w in sorted(due):
+            items = sorted(due[w], key=lambda kv: kv[0])
+            domain = items[0][1]["domain"]
+            st, out = self.engine.step(st, domain, w, [v for _, v in items])
+            for kind, key in (("health", "health"), ("anomaly", "anomalies"), ("alert", "alerts")):
+                for rec in out[key]:
+                    yield kind, json.dumps(rec, separators=(",", ":"), sort_keys=True)
+            for k, _ in items:
+                self.pending.remove(k)
+        self.state.update(json.dumps(st, separators=(",", ":")))
+
+
+def detect(
+    aggregates: DataStream, config: DetectionConfig | None = None, *, out_of_order_ms: int = 10_000
+) -> DataStream:
+    """WindowAggregate rows (``INPUT_TYPE``) -> (kind, JSON record) of anomalies, alerts and health.
+
+    ``out_of_order_ms`` bounds how far behind the newest window an aggregate
+    may arrive and still be judged: the domain jobs emit a window when their
+    watermark passes it, so rows arrive nearly in window order.
+    """
+    cfg = config or load_config()
+    timed = aggregates.filter(lambda r: r[1] == "sensor").assign_timestamps_and_watermarks(
+        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_order_ms)).with_timestamp_assigner(
+            _WindowEnd()
+        )
+    )
+    verdicts = (
+        timed.key_by(lambda r: f"{r[0]}|{r[2]}|{r[3]}", key_type=Types.STRING())
+        .process(MetricStage(cfg), output_type=Types.TUPLE([Types.STRING(), Types.STRING()]))
+        .uid(METRIC_UID)
+        .name("detect per sensor and metric")
+    )
+    return (
+        verdicts.key_by(lambda v: v[0], key_type=Types.STRING())
+        .process(GroupStage(cfg), output_type=OUTPUT_TYPE)
+        .uid(GROUP_UID)
+        .name("health, grouping and alert lifecycle")
+    )
+
+
+# --------------------------------------------------------------------------- Kafka wiring
+
+_ANOMALY_COLS = (
+    "domain", "key_kind", "key_id", "metric", "detector", "event_time", "window_start", "window_end",
+    "score", "severity", "observed", "expected", "explanation",
+)  # fmt: skip
+_ALERT_COLS = (
+    "alert_id", "state", "domain", "kind", "key_kind", "affected_keys", "first_seen", "last_seen",
+    "severity", "anomaly_count", "explanation",
+)  # fmt: skip
+_HEALTH_COLS = ("sensor_id", "site_id", "zone_id", "domain", "status", "since", "details")
+_TIME_COLS = {"event_time", "window_start", "window_end", "first_seen", "last_seen", "since"}
+
+
+def _as_sql(cols: Sequence[str]) -> str:
+    """JSON text column -> the Avro record's columns (times from epoch ms to TIMESTAMP(3) UTC)."""
+    parts = []
+    for c in cols:
+        if c == "affected_keys":
+            parts.append(f"CAST(JSON_QUERY(j, '$.{c}' RETURNING ARRAY<STRING>) AS ARRAY<STRING NOT NULL>) AS `{c}`")
+        elif c in _TIME_COLS:
+            parts.append(f"TO_TIMESTAMP(FROM_UNIXTIME(CAST(JSON_VALUE(j, '$.{c}') AS BIGINT) / 1000)) AS `{c}`")
+        elif c in ("score", "observed", "expected"):
+            parts.append(f"CAST(JSON_VALUE(j, '$.{c}' RETURNING DOUBLE) AS DOUBLE) AS `{c}`")
+        elif c == "anomaly_count":
+            parts.append(f"JSON_VALUE(j, '$.{c}' RETURNING BIGINT) AS `{c}`")
+        else:
+            parts.append(f"COALESCE(JSON_VALUE(j, '$.{c}'), '') AS `{c}`")
+    return ", ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run against Kafka from settings; ``--bounded`` stops at the offsets current at start."""
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import StreamTableEnvironment
+
+    from citystream.settings import load as load_settings
+    from jobs.runtime import connector_jars
+    from jobs.sql import kafka_table
+
+    parser = argparse.ArgumentParser(prog="jobs.detect", description=__doc__)
+    parser.add_argument("--bounded", action="store_true", help="stop at the offsets current at start")
+    parser.add_argument("--config", type=Path, default=None, help="detection config (default infra/detection.toml)")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    config = load_config(args.config)  # read at every (re)start: editing the file + restart reloads it
+    env = StreamExecutionEnvironment.get_execution_environment()
+    configure(env, settings)
+    t_env = StreamTableEnvironment.create(env)
+    t_env.get_config().set("table.local-time-zone", "UTC")
+    t_env.get_config().set("pipeline.jars", ";".join(j.as_uri() for j in connector_jars(settings)))
+    t_env.execute_sql(
+        kafka_table(
+            "aggregates",
+            "citystream.WindowAggregate",
+            topic=settings.topic("aggregates"),
+            bootstrap=settings.kafka_bootstrap,
+            bounded=args.bounded,
+            group_id="citystream-detect",
+        )
+    )
+    ms = "CAST(TIMESTAMPDIFF(SECOND, TIMESTAMP '1970-01-01 00:00:00', {c}) AS BIGINT) * 1000"
+    source = t_env.sql_query(
+        "SELECT domain, key_kind, key_id, metric, "
+        f"{ms.format(c='window_start')} AS window_start, {ms.format(c='window_end')} AS window_end, "
+        "samples, `mean`, `min`, `max` FROM aggregates WHERE revision = 0"
+    )
+    out = detect(t_env.to_data_stream(source).map(lambda r: Row(*r), output_type=INPUT_TYPE), config)
+    prefix = settings.topic_prefix
+    statements = t_env.create_statement_set()
+    for kind, record, topic, cols in (
+        ("anomaly", "citystream.Anomaly", "anomalies", _ANOMALY_COLS),
+        ("alert", "citystream.Alert", "alerts", _ALERT_COLS),
+        ("health", "citystream.SensorHealth", "sensor-health", _HEALTH_COLS),
+    ):
+        t_env.execute_sql(
+            kafka_table(
+                f"{kind}_sink",
+                record,
+                topic=settings.topic(topic),
+                bootstrap=settings.kafka_bootstrap,
+                sink=True,
+                transactional_id_prefix=f"{prefix}detect-{kind}",
+            )
+        )
+        texts = out.filter(lambda v, k=kind: v[0] == k).map(lambda v: Row(v[1]), output_type=Types.ROW_NAMED(["j"], [Types.STRING()]))
+        t_env.create_temporary_view(f"{kind}_json", t_env.from_data_stream(texts))
+        statements.add_insert_sql(f"INSERT INTO {kind}_sink SELECT {_as_sql(cols)} FROM {kind}_json")
+    statements.execute().wait()
+    return 0
+
+
+def configure(env: Any, settings: Any = None, *, parallelism: int | None = None) -> None:
+    """Checkpointing and the Python worker settings measured in benchmarks (see README)."""
+    import os
+
+    from pyflink.common import Configuration
+
+    conf = Configuration()
+    conf.set_string("python.executable", os.environ.get("PYFLINK_PYTHON", sys.executable))
+    conf.set_string("python.fn-execution.bundle.size", "5000")
+    conf.set_string("python.fn-execution.bundle.time", "1000")
+    conf.set_string("python.state.cache-size", "10000")
+    conf.set_string("python.map-state.read-cache-size", "10000")
+    conf.set_string("python.map-state.write-cache-size", "10000")
+    env.configure(conf)
+    env.enable_checkpointing(10_000)
+    if parallelism or settings is not None:
+        env.set_parallelism(parallelism or settings.flink_parallelism)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,9 +23,9 @@ $(JARS)/.resolved: infra/pom.xml
 	@command -v java >/dev/null || { echo "setup: java not found: install OpenJDK 17 (apt-get install openjdk-17-jdk-headless)"; exit 2; }
 	@command -v mvn >/dev/null || { echo "setup: mvn not found: install Maven (apt-get install maven)"; exit 2; }
 	rm -rf $(JARS) && mkdir -p $(JARS)
-	mvn -q -B -f infra/pom.xml -Pkafka dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(abspath $(JARS))/kafka \
+	mvn -q -B -Dstyle.color=never -f infra/pom.xml -Pkafka dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(abspath $(JARS))/kafka \
 	  || { echo "setup: Maven could not resolve the Kafka broker jars: is Maven Central reachable?"; exit 2; }
-	mvn -q -B -f infra/pom.xml -Pflink dependency:copy-dependencies -DincludeScope=runtime -DexcludeArtifactIds=slf4j-api,jsr305 -DoutputDirectory=$(abspath $(JARS))/flink \
+	mvn -q -B -Dstyle.color=never -f infra/pom.xml -Pflink dependency:copy-dependencies -DincludeScope=runtime -DexcludeArtifactIds=slf4j-api,jsr305 -DoutputDirectory=$(abspath $(JARS))/flink \
 	  || { echo "setup: Maven could not resolve the Flink connector jars: is Maven Central reachable?"; exit 2; }
 	touch $@
 

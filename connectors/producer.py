@@ -40,6 +40,13 @@ from citystream.errors import UserError
 _QUOTE_ERRORS = 3
 
 
+#: librdkafka's transient warnings (e.g. "coordinator load in progress: retrying" on a fresh
+#: broker) are noise for users; errors still show. Lower the level to debug a connection.
+_LIBRDKAFKA_LOG = logging.getLogger("citystream.kafka")
+if _LIBRDKAFKA_LOG.level == logging.NOTSET:
+    _LIBRDKAFKA_LOG.setLevel(logging.ERROR)
+
+
 class DeliveryError(UserError):
     """Some records were not acknowledged by Kafka (broker down, topic refused, timeout)."""
 
@@ -102,7 +109,7 @@ class ReadingProducer:
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery,
             # librdkafka's own log lines (connection refused ...) go to logging, not over the progress bar.
-            "logger": logging.getLogger("citystream.kafka"),
+            "logger": _LIBRDKAFKA_LOG,
         }
         try:
             self._producer = Producer(config)

@@ -8,7 +8,9 @@ export JVM_ARGS ?= -Xmx768m
 
 .PHONY: setup demo test test-fast lint up down status bench clean
 
-setup: $(VENV)/.installed $(JARS)/.resolved
+UDF_JAR := jobs/java/target/citystream-udfs.jar
+
+setup: $(VENV)/.installed $(JARS)/.resolved $(UDF_JAR)
 
 $(VENV)/.installed: pyproject.toml
 	@command -v python3.11 >/dev/null || command -v python3 >/dev/null || { echo "setup: python3.11 not found: install Python 3.11"; exit 2; }
@@ -28,6 +30,11 @@ $(JARS)/.resolved: infra/pom.xml
 	mvn -q -B -Dstyle.color=never -f infra/pom.xml -Pflink dependency:copy-dependencies -DincludeScope=runtime -DexcludeArtifactIds=slf4j-api,jsr305 -DoutputDirectory=$(abspath $(JARS))/flink \
 	  || { echo "setup: Maven could not resolve the Flink connector jars: is Maven Central reachable?"; exit 2; }
 	touch $@
+
+# The jobs' JVM functions (Avro decoding, validation, sensor silence); jobs/common.py rebuilds when stale.
+$(UDF_JAR): jobs/java/pom.xml $(wildcard jobs/java/src/main/java/io/citystream/flink/*.java)
+	mvn -q -B -Dstyle.color=never -f jobs/java/pom.xml package \
+	  || { echo "setup: Maven could not build jobs/java (the jobs' JVM functions)"; exit 2; }
 
 demo: setup
 	$(VENV)/bin/citystream demo

@@ -17,7 +17,7 @@ from citystream.settings import ROOT, Settings
 from citystream.settings import load as load_settings
 
 #: Job name -> file under jobs/.
-JOBS = {"windows": "windows.py"}
+JOBS = {"windows": "windows.py", "grid": "grid.py", "traffic": "traffic.py", "water": "water.py"}
 
 
 def job_file(name: str) -> Path:

@@ -1,8 +1,8 @@
-"""The machinery every domain job shares: raw Kafka in, windows with lateness, three outputs.
+"""The machinery every domain job shares: raw Kafka in, windows with lateness, four outputs.
 
 A domain job (``jobs/grid.py`` ...) is a :class:`Domain` (which record, which
 checks, which aggregates) handed to :func:`process`, the pure function
-``raw readings Table -> Outputs(aggregates, late_events, dead_letters)``.
+``raw readings Table -> Outputs(aggregates, late_events, dead_letters, sensor_health)``.
 ``main`` only wires Kafka tables from settings.
 
 Why this shape (numbers in benchmarks/jobs.py and the README):
@@ -26,10 +26,16 @@ Why this shape (numbers in benchmarks/jobs.py and the README):
 * Duplicates (same sensor and seq) are flagged by a proctime OVER count
   keyed by (sensor, seq) and left in the stream, so each window can count them
   while aggregating only first deliveries.
-* Outputs: aggregates go to an upsert-kafka topic keyed by (domain, key_kind,
-  key_id, metric, window_start, window_end): a late correction is the same key
-  with a higher revision, which ClickHouse's ReplacingMergeTree keeps. All
-  sinks are transactional (exactly-once) when ``main`` writes them.
+* Outputs: a late firing turns the window result into a changelog; the JVM
+  function ``EMISSIONS`` keeps each emission as an appended WindowAggregate row
+  (an upsert topic would turn every retraction into a tombstone). A correction
+  has the same (domain, key_kind, key_id, metric, window_start, window_end) and
+  a higher revision, which ClickHouse's ReplacingMergeTree keeps. Keys are
+  deterministic, so a row replayed after a restart replaces, never adds.
+* Sensor health: ``SENSOR_SILENCE`` (a JVM process table function with one
+  event-time timer per sensor) reports a sensor that stops reporting.
+* All sinks are transactional (exactly-once, committed on checkpoints) unless
+  ``--at-least-once``; operator uids come from the plan (``table.exec.uid.generation``).
 """
 
 from __future__ import annotations
@@ -38,10 +44,10 @@ import argparse
 import os
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from pyflink.table import Table, TableEnvironment
+from pyflink.table import StatementSet, Table, TableEnvironment, TableResult
 
 from citystream.settings import ROOT, Settings
 
@@ -56,6 +62,7 @@ JAVA_FUNCTIONS = {
     "LINEAR_SLOPE": "io.citystream.flink.LinearSlope",
     "ENVELOPE_TIME": "io.citystream.flink.EnvelopeTime",
     "EMISSIONS": "io.citystream.flink.Emissions",
+    "SENSOR_SILENCE": "io.citystream.flink.SensorSilence",
 }
 
 
@@ -108,18 +115,22 @@ class Windows:
     min_event_time: str = "2000-01-01 00:00:00"
     #: Event times more than this ahead of processing time are dead letters.
     max_future_s: int = 86_400
-    #: How long duplicate detection remembers a (sensor, seq) (processing time).
-    dedup_ttl_s: int = 3_600
+    #: How long duplicate detection remembers a (sensor, seq), processing time. A duplicate
+    #: arriving later than lateness + window would be a late event anyway; state grows with
+    #: events per TTL, so keep it near allowed lateness + hop size.
+    dedup_ttl_s: int = 600
+    #: Event-time gap after which a sensor is reported silent (sensor-health topic).
+    silence_s: int = 300
 
 
 @dataclass
 class Outputs:
-    """The three result tables of a domain job."""
+    """The result tables of a domain job."""
 
     aggregates: Table
     late_events: Table
     dead_letters: Table
-    extra: dict[str, Table] = field(default_factory=dict)
+    sensor_health: Table
 
 
 # --------------------------------------------------------------------------- environment
@@ -158,10 +169,13 @@ def job_environment(
     conf.set("pipeline.jars", ";".join(j.as_uri() for j in jars))
     if checkpoint_interval:
         conf.set("execution.checkpointing.interval", checkpoint_interval)
+    # Checkpoints on disk: the default JobManager storage caps state at 5 MB, which the
+    # de-duplication state of a few hundred thousand readings already exceeds (measured).
+    job = os.environ.get("CITYSTREAM_JOB_NAME", "citystream")
+    conf.set("execution.checkpointing.storage", "filesystem")
+    conf.set("execution.checkpointing.dir", (settings.run_dir / "flink" / "checkpoints" / job).as_uri())
     # Stable operator uids derived from the plan, so savepoints survive restarts of the same SQL.
     conf.set("table.exec.uid.generation", "ALWAYS")
-    # The aggregates sink is keyed by the window's full identity; no extra materialisation needed.
-    conf.set("table.exec.sink.upsert-materialize", "NONE")
     for name, cls in JAVA_FUNCTIONS.items():
         t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {name} AS '{cls}' LANGUAGE JAVA")
     return t_env
@@ -267,10 +281,10 @@ _ENVELOPE = ("sensor_id", "site_id", "zone_id", "domain", "seq", "quality")
 
 
 def process(t_env: TableEnvironment, domain: Domain, raw: Table, windows: Windows | None = None) -> Outputs:
-    """Raw readings (columns of :func:`raw_kafka_table`) -> aggregates, late events, dead letters.
+    """Raw readings (columns of :func:`raw_kafka_table`) -> aggregates, late events, dead letters, health.
 
     Pure: no sources or sinks are touched; tests feed a bounded raw table and
-    collect the three outputs.
+    read the outputs back.
     """
     w = windows or Windows()
     configure_lateness(t_env, w)
@@ -331,6 +345,12 @@ def process(t_env: TableEnvironment, domain: Domain, raw: Table, windows: Window
          wm_ms - ts_ms AS lateness_ms, raw_value AS original
   FROM {p}_classified WHERE reason IS NULL AND {too_late}""")
     t_env.create_temporary_view(
+        f"{p}_accepted",
+        t_env.sql_query(f"""
+  SELECT sensor_id, site_id, zone_id, `domain`, ts
+  FROM {p}_classified WHERE reason IS NULL AND NOT ({too_late})"""),
+    )
+    t_env.create_temporary_view(
         f"{p}_marked",
         t_env.sql_query(f"""
   SELECT ts, ts_ms, wm_ms, wm_ms IS NOT NULL AND ts_ms < wm_ms AS is_late, {cols},
@@ -339,6 +359,11 @@ def process(t_env: TableEnvironment, domain: Domain, raw: Table, windows: Window
                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS occurrence
   FROM {p}_classified WHERE reason IS NULL AND NOT ({too_late})"""),
     )
+    sensor_health = t_env.sql_query(f"""
+  SELECT sensor_id, site_id, zone_id, `domain`, status, since, details
+  FROM SENSOR_SILENCE(
+    input => TABLE {p}_accepted PARTITION BY sensor_id, on_time => DESCRIPTOR(ts),
+    silence_ms => CAST({int(w.silence_s) * 1000} AS BIGINT), uid => '{p}_silence')""")
     parts = [
         _windowed(t_env, domain, f"{p}_marked", "sensor", "sensor_id", "TUMBLE", (w.tumble_s,)),
         _windowed(t_env, domain, f"{p}_marked", "sensor", "sensor_id", "HOP", (w.hop_slide_s, w.hop_size_s)),
@@ -347,7 +372,7 @@ def process(t_env: TableEnvironment, domain: Domain, raw: Table, windows: Window
     aggregates = parts[0]
     for part in parts[1:]:
         aggregates = aggregates.union_all(part)
-    return Outputs(aggregates=aggregates, late_events=late_events, dead_letters=dead_letters)
+    return Outputs(aggregates, late_events, dead_letters, sensor_health)
 
 
 _window_counter = [0]
@@ -433,33 +458,6 @@ def _windowed(
 # --------------------------------------------------------------------------- sinks and main
 
 
-def aggregates_sink(table: str, *, topic: str, bootstrap: str, transactional_id_prefix: str | None) -> str:
-    """Upsert-Kafka table for WindowAggregate rows keyed by the window's identity.
-
-    Why upsert: windows with allowed lateness re-emit corrections; the key makes
-    a correction replace its predecessor (Kafka compaction, ClickHouse
-    ReplacingMergeTree on ``revision``) instead of adding a row.
-    """
-    from jobs.sql import columns
-
-    options = {
-        "connector": "upsert-kafka",
-        "topic": topic,
-        "properties.bootstrap.servers": bootstrap,
-        "key.format": "json",
-        "value.format": "avro",
-        "value.fields-include": "ALL",
-    }
-    options.update(_delivery(transactional_id_prefix))
-    opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
-    return f"""CREATE TEMPORARY TABLE `{table}` (
-  {columns("citystream.WindowAggregate")},
-  PRIMARY KEY (domain, key_kind, key_id, metric, window_start, window_end) NOT ENFORCED
-) WITH (
-  {opts}
-)"""
-
-
 def _delivery(transactional_id_prefix: str | None) -> dict[str, str]:
     if not transactional_id_prefix:
         return {"sink.delivery-guarantee": "at-least-once"}
@@ -471,11 +469,27 @@ def _delivery(transactional_id_prefix: str | None) -> dict[str, str]:
     }
 
 
-def append_sink(table: str, record: str, *, topic: str, bootstrap: str, transactional_id_prefix: str | None) -> str:
-    """Kafka table (Avro value, no key) for append-only results: late events, dead letters."""
+def append_sink(
+    table: str,
+    record: str,
+    *,
+    topic: str,
+    bootstrap: str,
+    transactional_id_prefix: str | None,
+    key_field: str | None = None,
+) -> str:
+    """Kafka table (Avro value) for append-only results; ``key_field`` (a STRING column) keys records.
+
+    Why a key for some: compacted topics (sensor-health) keep the latest record per key.
+    """
     from jobs.sql import columns
 
-    options = {"connector": "kafka", "topic": topic, "properties.bootstrap.servers": bootstrap, "format": "avro"}
+    options = {"connector": "kafka", "topic": topic, "properties.bootstrap.servers": bootstrap}
+    if key_field:
+        options.update({"key.format": "raw", "key.fields": key_field, "value.format": "avro"})
+        options["value.fields-include"] = "ALL"
+    else:
+        options["format"] = "avro"
     options.update(_delivery(transactional_id_prefix))
     opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
     return f"CREATE TEMPORARY TABLE `{table}` (\n  {columns(record)}\n) WITH (\n  {opts}\n)"
@@ -491,7 +505,7 @@ def build(
     exactly_once: bool = True,
     watermark_on_event: bool = False,
 ) -> dict[str, str]:
-    """Register the raw source and the three sinks for ``domain``; returns sink table names."""
+    """Register the raw source and the four sinks for ``domain``; returns output name -> sink table."""
     job = f"citystream-{domain.name}"
     t_env.execute_sql(
         raw_kafka_table(
@@ -504,31 +518,36 @@ def build(
         "aggregates": f"{domain.name}_aggregates",
         "late_events": f"{domain.name}_late_events",
         "dead_letters": f"{domain.name}_dead_letters",
+        "sensor_health": f"{domain.name}_sensor_health",
     }
     # Transactional ids must be unique per job and deployment (topic prefix), stable across restarts.
     tx = f"{settings.topic_prefix}{job}"
     prefix = (lambda what: f"{tx}-{what}") if exactly_once else (lambda what: None)
-    for what, record, topic in (
-        ("aggregates", "citystream.WindowAggregate", "aggregates"),
-        ("late_events", "citystream.LateEvent", "late-events"),
-        ("dead_letters", "citystream.DeadLetter", "dead-letters"),
+    for what, record, topic, key in (
+        ("aggregates", "citystream.WindowAggregate", "aggregates", None),
+        ("late_events", "citystream.LateEvent", "late-events", None),
+        ("dead_letters", "citystream.DeadLetter", "dead-letters", None),
+        ("sensor_health", "citystream.SensorHealth", "sensor-health", "sensor_id"),
     ):
         t_env.execute_sql(
             append_sink(
                 sinks[what], record, topic=settings.topic(topic), bootstrap=settings.kafka_bootstrap,
-                transactional_id_prefix=prefix(what.replace("_", "-")),
+                transactional_id_prefix=prefix(what.replace("_", "-")), key_field=key,
             )
         )  # fmt: skip
     return sinks
 
 
-def insert_all(t_env: TableEnvironment, outputs: Outputs, sinks: dict[str, str]):
-    """One Flink job writing all three outputs (one source read, one checkpoint barrier)."""
-    stmt = t_env.create_statement_set()
-    stmt.add_insert(sinks["aggregates"], outputs.aggregates)
-    stmt.add_insert(sinks["late_events"], outputs.late_events)
-    stmt.add_insert(sinks["dead_letters"], outputs.dead_letters)
-    return stmt.execute()
+def add_inserts(stmt: StatementSet, outputs: Outputs, sinks: dict[str, str]) -> StatementSet:
+    """Every output into its sink, in one statement set: one Flink job, one source read."""
+    for what, sink in sinks.items():
+        stmt.add_insert(sink, getattr(outputs, what))
+    return stmt
+
+
+def insert_all(t_env: TableEnvironment, outputs: Outputs, sinks: dict[str, str]) -> TableResult:
+    """Run the job: all outputs of :func:`process` into the sinks of :func:`build`."""
+    return add_inserts(t_env.create_statement_set(), outputs, sinks).execute()
 
 
 def main_for(domain: Domain, argv: Sequence[str] | None = None) -> int:
@@ -544,11 +563,12 @@ def main_for(domain: Domain, argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--zone-s", type=int, default=Windows.zone_s)
     parser.add_argument("--allowed-lateness-s", type=int, default=Windows.allowed_lateness_s)
     parser.add_argument("--out-of-order-s", type=int, default=domain.out_of_order_s)
+    parser.add_argument("--silence-s", type=int, default=Windows.silence_s)
     parser.add_argument("--at-least-once", action="store_true", help="non-transactional Kafka sinks")
     args = parser.parse_args(argv)
     windows = Windows(
         tumble_s=args.tumble_s, hop_size_s=args.hop_size_s, hop_slide_s=args.hop_slide_s,
-        zone_s=args.zone_s, allowed_lateness_s=args.allowed_lateness_s,
+        zone_s=args.zone_s, allowed_lateness_s=args.allowed_lateness_s, silence_s=args.silence_s,
     )  # fmt: skip
     from dataclasses import replace
 

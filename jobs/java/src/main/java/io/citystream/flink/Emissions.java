@@ -21,7 +21,9 @@ import org.apache.flink.types.RowKind;
         + "revision INT, metrics ARRAY<ROW<metric STRING, samples BIGINT, `mean` DOUBLE, `min` DOUBLE, "
         + "`max` DOUBLE>>>")
 public class Emissions extends ProcessTableFunction<Row> {
-    public void eval(@ArgumentHint({ArgumentTrait.SET_SEMANTIC_TABLE, ArgumentTrait.SUPPORT_UPDATES}) Row input) {
+    public void eval(
+            @ArgumentHint(value = {ArgumentTrait.SET_SEMANTIC_TABLE, ArgumentTrait.SUPPORT_UPDATES}, name = "input")
+                    Row input) {
         RowKind kind = input.getKind();
         if (kind != RowKind.INSERT && kind != RowKind.UPDATE_AFTER) {
             return;

@@ -1,0 +1,1 @@
+"""Benchmarks: measurements for the README's performance section, not tests."""

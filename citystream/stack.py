@@ -229,7 +229,9 @@ class Kafka(Service):
     def _launch(self) -> subprocess.Popen[bytes]:
         config = self._write_config()
         if not (self.data_dir / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # kafka-storage would take "-..." for an option
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             fmt = subprocess.run(
                 self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
                 capture_output=True,
@@ -364,6 +366,11 @@ class Store(Service):
     name = "store"
     port_env = "CITYSTREAM_STORE_PORT"
 
+    def __init__(self, settings: Settings, loader: bool = True) -> None:
+        super().__init__(settings)
+        #: Whether the store process also runs the Kafka loader of the result topics.
+        self.loader = loader
+
     @property
     def port(self) -> int:
         return self.settings.store_port
@@ -383,6 +390,7 @@ class Store(Service):
             str(self.data_dir),
             "--port",
             str(self.port),
+            "--loader" if self.loader else "--no-loader",
         ]
         with open(self.log, "ab") as log:
             return subprocess.Popen(
@@ -391,7 +399,8 @@ class Store(Service):
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env=dict(os.environ),
+                # The loader inside must find the same broker, topics and database as this stack.
+                env={**os.environ, **self.settings.to_env()},
             )
 
     def healthy(self) -> bool:

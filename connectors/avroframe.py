@@ -62,9 +62,7 @@ def container(schema: Any, values: Sequence[bytes], body: bytes | None = None) -
     header += _avro_bytes(b"avro.codec") + _avro_bytes(b"null")
     header += _zigzag_varint(0) + sync
     data = b"".join(values) if body is None else body
-    return b"".join(
-        (bytes(header), _zigzag_varint(len(values)), _zigzag_varint(len(data)), data, sync)
-    )
+    return b"".join((bytes(header), _zigzag_varint(len(values)), _zigzag_varint(len(data)), data, sync))
 
 
 class Framer:
@@ -154,10 +152,7 @@ class Framer:
                 self._skip(sub, pos, bad, idx[branch == i])
             return
         if isinstance(node, str):
-            if node in self._named:
-                node = self._named[node]
-            else:
-                node = {"type": node}
+            node = self._named.get(node, {"type": node})
         kind = node["type"]
         if isinstance(kind, dict | list):
             self._skip(kind, pos, bad, idx)

@@ -1,10 +1,19 @@
-"""ClickHouse sinks: decoded Avro result records -> rows of a store table.
+"""ClickHouse sinks: result records -> rows of a store table, one ``INSERT`` per flush.
 
 Idempotency lives in the tables (ReplacingMergeTree keyed by the record's
-natural key, versioned by ``revision``): inserting the same batch twice, as
-happens after a crash between insert and offset commit, changes nothing a
-query that reads the latest version can see. Each insert also carries a
-deduplication token derived from the Kafka offsets it covers.
+natural key) and in the insert itself: each flush carries the
+``insert_deduplication_token`` the caller set (derived from the Kafka offsets
+and bytes it covers), so the same batch sent twice - a crash between insert
+and offset commit - is stored once.
+
+Two sinks, one contract (connectors/sink.py):
+
+* :class:`AvroSink` buffers bare Avro records (Kafka values) and sends them
+  as one Avro container, ``INSERT ... FORMAT Avro``: ClickHouse decodes them,
+  which is what makes the loader fast (see connectors/avroframe.py);
+* :class:`ClickHouseSink` buffers decoded records (dicts) and sends rows
+  through clickhouse-connect: the fallback for a batch ClickHouse rejected,
+  and for writers that build records in Python.
 """
 
 from __future__ import annotations
@@ -13,9 +22,15 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from connectors.avroframe import container
 from connectors.sink import Sink
 
 _UTC = dt.UTC
+
+#: Settings of every loader insert. Dependent materialized views (the rollups) are fed even
+#: when the source block was a duplicate: their state is idempotent (maxMap), and a crash between
+#: the source part and the view's part being written must not leave a window out of the rollups.
+INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
 def _as_datetime(value: Any) -> Any:
@@ -24,14 +39,28 @@ def _as_datetime(value: Any) -> Any:
     return value
 
 
+def _settings(token: str | None) -> dict[str, Any]:
+    settings: dict[str, Any] = dict(INSERT_SETTINGS)
+    if token:
+        settings["insert_deduplication_token"] = token
+    return settings
+
+
 class ClickHouseSink(Sink):
-    """Rows for one table, written with one ``INSERT`` per flush through a clickhouse-connect client."""
+    """Decoded records for one table, written as rows through a clickhouse-connect client."""
 
     def __init__(
-        self, client: Any, table: str, columns: Sequence[str], *, timestamp_columns: Sequence[str] = ()
+        self,
+        client: Any,
+        table: str,
+        columns: Sequence[str],
+        *,
+        timestamp_columns: Sequence[str] = (),
+        database: str | None = None,
     ) -> None:
         self.client = client
         self.table = table
+        self.database = database
         self.columns = list(columns)
         self._ts = set(timestamp_columns)
         self._rows: list[list[Any]] = []
@@ -47,11 +76,57 @@ class ClickHouseSink(Sink):
     def flush(self) -> int:
         if not self._rows:
             return 0
-        settings = {"insert_deduplication_token": self.token} if self.token else None
-        self.client.insert(self.table, self._rows, column_names=self.columns, settings=settings)
+        self.client.insert(
+            self.table,
+            self._rows,
+            column_names=self.columns,
+            database=self.database,
+            settings=_settings(self.token),
+        )
         written = len(self._rows)
         self._rows = []
         return written
 
     def close(self) -> None:
         self._rows = []
+
+
+class AvroSink(Sink):
+    """Bare Avro records of one schema for one table, sent undecoded as an Avro container."""
+
+    def __init__(
+        self, client: Any, table: str, columns: Sequence[str], schema: Any, *, database: str | None = None
+    ) -> None:
+        self.client = client
+        self.table = table
+        self.database = database
+        self.columns = list(columns)
+        self.schema = schema
+        self._values: list[bytes] = []
+        self.token: str | None = None
+
+    def add(self, record: bytes) -> None:  # type: ignore[override]
+        self._values.append(record)
+
+    @property
+    def pending(self) -> int:
+        return len(self._values)
+
+    def flush(self, body: bytes | None = None) -> int:
+        """Send the buffer; ``body`` is ``b"".join`` of it when the caller already has that."""
+        if not self._values:
+            return 0
+        target = f"`{self.table}`" if not self.database else f"`{self.database}`.`{self.table}`"
+        self.client.raw_insert(
+            target,
+            self.columns,
+            insert_block=container(self.schema, self._values, body),
+            settings=_settings(self.token),
+            fmt="Avro",
+        )
+        written = len(self._values)
+        self._values = []
+        return written
+
+    def close(self) -> None:
+        self._values = []

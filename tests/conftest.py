@@ -57,7 +57,8 @@ def store(session_settings: Settings) -> Iterator[object]:
     from citystream.stack import Store
     from citystream.store.migrate import migrate
 
-    server = Store(session_settings)
+    # No loader inside: tests load explicitly, and their topics would otherwise be loaded twice.
+    server = Store(session_settings, loader=False)
     server.start()
     server.url = session_settings.clickhouse_url  # type: ignore[attr-defined]
     try:

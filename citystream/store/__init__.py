@@ -18,7 +18,13 @@ Modules (each states its contract in its header):
 * :mod:`citystream.store.wire` - compressed blocks, CityHash128, Native re-framing.
 * :mod:`citystream.store.sqltext` - statement classification and splitting.
 * :mod:`citystream.store.errors` - ClickHouse error codes and HTTP statuses.
-* :mod:`citystream.store.cli` - ``citystream store serve | migrate | status``.
+* :mod:`citystream.store.cli` - ``citystream store serve | migrate | status``
+  and ``citystream load``.
+
+The loader (connectors/loader.py) runs inside the store process
+(``store serve --loader``, as the stack starts it) and writes through the
+store's own HTTP interface, so it is the same code that ``citystream load``
+runs against a real ClickHouse server.
 
 Nothing here is imported eagerly: ``import citystream.store`` stays cheap.
 """

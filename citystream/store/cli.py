@@ -7,15 +7,28 @@
 * ``migrate`` applies infra/clickhouse/migrations/ to CITYSTREAM_CLICKHOUSE_URL
   (the embedded store or a real ClickHouse server), idempotently.
 * ``status`` lists the database's tables with rows, active parts and bytes on
-  disk, and the schema version.
+  disk, the schema version, and what the loader last recorded in
+  pipeline_metrics (when, records behind, rows/s).
+* ``serve --loader`` also runs the Kafka loader (connectors/loader.py) in the
+  store process, consuming the result topics continuously; the stack starts
+  the store that way. ``citystream load`` runs the same loader on its own, for
+  a real ClickHouse server (CITYSTREAM_CLICKHOUSE_URL), or ``--until-end`` for
+  a one-off catch-up; it prints progress on stderr and stops cleanly on
+  SIGTERM/Ctrl-C (an unacknowledged batch stays uncommitted).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+from citystream.errors import UserError
 from citystream.settings import load as load_settings
 
 
@@ -28,7 +41,84 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     settings = load_settings()
     config = StoreConfig.from_settings(settings, data_dir=args.data, port=args.port)
-    return serve(config)
+    loader = None
+    if args.loader:
+        _check_batch(args)
+        options = {"group_id": args.loader_group, "batch_rows": args.batch_rows, "batch_ms": args.batch_ms}
+        loader = (settings, options)
+    return serve(config, loader=loader)
+
+
+def _check_batch(args: argparse.Namespace) -> None:
+    if args.batch_rows < 1 or args.batch_ms < 1:
+        raise UserError("--batch-rows and --batch-ms must be at least 1")
+    group = getattr(args, "group", None) or getattr(args, "loader_group", "")
+    if not group.strip():
+        raise UserError("the consumer group must not be empty")
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    from connectors.loader import LoadStats, load
+
+    _check_batch(args)
+    settings = load_settings()
+    if settings.embedded_store and not args.until_end:
+        raise UserError(
+            "the embedded store runs the loader itself (`citystream store serve --loader`, as the stack "
+            "starts it); use `citystream load --until-end` for a one-off catch-up, or point "
+            "CITYSTREAM_CLICKHOUSE_URL at a ClickHouse server"
+        )
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        print(f"\ncitystream load: {signal.Signals(signum).name}, stopping", file=sys.stderr, flush=True)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_signal)
+    started = time.monotonic()
+    shown = [0.0]
+
+    def _progress(stats: LoadStats) -> None:
+        now = time.monotonic()
+        if now - shown[0] < 1.0:
+            return
+        shown[0] = now
+        rate = stats.loaded / max(now - started, 1e-9)
+        print(
+            f"loaded {stats.loaded:,} rows in {stats.batches:,} batches ({rate:,.0f} rows/s), "
+            f"{stats.undecodable} undecodable, {stats.retries} retries",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    print(
+        f"citystream load: {settings.kafka_bootstrap} ({settings.topic_prefix}*) -> "
+        f"{settings.clickhouse_url} database {settings.clickhouse_database}, group {args.group}"
+        + (" until the current end of the topics" if args.until_end else " (Ctrl-C stops)"),
+        file=sys.stderr,
+        flush=True,
+    )
+    stats = load(
+        settings,
+        until_end=args.until_end,
+        batch_rows=args.batch_rows,
+        batch_ms=args.batch_ms,
+        group_id=args.group,
+        stop=stop.is_set,
+        progress=_progress,
+    )
+    elapsed = time.monotonic() - started
+    per_topic = ", ".join(f"{t} {n:,}" for t, n in sorted(stats.per_topic.items())) or "nothing new"
+    print(
+        f"loaded {stats.loaded:,} rows in {stats.batches:,} batches, {elapsed:.1f}s "
+        f"({stats.loaded / max(elapsed, 1e-9):,.0f} rows/s): {per_topic}; {stats.undecodable} undecodable "
+        f"(sent to {settings.topic('dead-letter')}), {stats.tombstones} tombstones skipped, "
+        f"{stats.retries} retries",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -65,6 +155,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             parameters={"db": database},
         ).result_rows
         server = client.command("SELECT version()")
+        loads = _last_loads(client, database) if version >= 3 else []
     finally:
         client.close()
     known = len(discover())
@@ -80,7 +171,43 @@ def _cmd_status(args: argparse.Namespace) -> int:
         shown_parts = str(parts) if engine.endswith("MergeTree") else "-"
         shown_size = _bytes(int(size)) if engine.endswith("MergeTree") else "-"
         print(f"{name:36} {engine:22} {shown_rows:>12} {shown_parts:>6} {shown_size:>10}")
+    if not loads:
+        print("loader   no load recorded yet")
+    for instance, last, age, lag, rate, total in loads:
+        behind = "unknown" if lag < 0 else f"{int(lag):,} records behind"
+        print(
+            f"loader   {instance}: last load {last:%Y-%m-%d %H:%M:%S} UTC ({_age(age)} ago), {behind}, "
+            f"{rate:,.0f} rows/s, {int(total):,} rows since start"
+        )
     return 0 if version == known else 1
+
+
+def _last_loads(client: Any, database: str) -> list[tuple]:
+    """Per loader instance: its last metrics row (time, age in s, lag_records, rows_per_s, rows_total)."""
+    try:
+        return client.query(
+            """
+            SELECT instance, max(ts) AS last, dateDiff('millisecond', last, now64(3)) / 1000,
+                   argMaxIf(value, ts, metric = 'lag_records'), argMaxIf(value, ts, metric = 'rows_per_s'),
+                   argMaxIf(value, ts, metric = 'rows_total')
+            FROM {db:Identifier}.pipeline_metrics
+            WHERE component = 'loader'
+            GROUP BY instance
+            ORDER BY last DESC
+            """,
+            parameters={"db": database},
+        ).result_rows
+    except Exception as exc:  # status must still show the tables
+        logging.getLogger(__name__).debug("no loader metrics: %s", exc)
+        return []
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(seconds, 0):.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _bytes(n: int) -> str:
@@ -114,9 +241,36 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["debug", "info", "warning", "error"],
         help="debug logs one line per request (default: info)",
     )
+    p.add_argument(
+        "--loader",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also run the Kafka loader of the result topics in this process (the stack turns it on)",
+    )
+    p.add_argument("--loader-group", default="citystream-loader", help="the loader's Kafka consumer group")
+    _batch_options(p)
     p.set_defaults(handler=_cmd_serve)
     p = cmds.add_parser("migrate", help="apply pending schema migrations (idempotent)")
     p.add_argument("--to", type=int, metavar="VERSION", help="stop after this version (default: all)")
     p.set_defaults(handler=_cmd_migrate)
     p = cmds.add_parser("status", help="tables, rows, parts and disk use; exit 1 if migrations are pending")
     p.set_defaults(handler=_cmd_status)
+    p = sub.add_parser(
+        "load",
+        help="load the Kafka result topics into ClickHouse (a server; the embedded store loads itself)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--until-end", action="store_true", help="stop once the topics' current ends are loaded")
+    p.add_argument("--group", default="citystream-loader", help="Kafka consumer group (default: %(default)s)")
+    _batch_options(p)
+    p.set_defaults(handler=_cmd_load)
+
+
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--batch-rows", type=int, default=50_000, help="rows per batch at most (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-ms", type=int, default=1000, help="milliseconds a batch waits to fill (default: %(default)s)"
+    )

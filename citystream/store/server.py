@@ -862,8 +862,15 @@ class _Handler(BaseHTTPRequestHandler):
 # --------------------------------------------------------------------------- foreground entry point
 
 
-def serve(config: StoreConfig, ready: Any = None) -> int:
-    """Run the store in the foreground until SIGTERM/SIGINT; the exit code for the CLI."""
+def serve(config: StoreConfig, ready: Any = None, loader: Any = None) -> int:
+    """Run the store in the foreground until SIGTERM/SIGINT; the exit code for the CLI.
+
+    ``loader``: None, or ``(settings, options)`` to run the Kafka loader
+    (connectors/loader.py) in a thread writing through this server's own HTTP
+    interface, so it is the same code a standalone ``citystream load`` runs
+    against a ClickHouse server. On SIGTERM the loader stops first (a batch
+    not yet acknowledged is abandoned uncommitted), then the server.
+    """
     server = StoreServer(config)
     stop = threading.Event()
 
@@ -872,6 +879,7 @@ def serve(config: StoreConfig, ready: Any = None) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    loader_thread: threading.Thread | None = None
     try:
         server.start()
         message = (
@@ -879,13 +887,46 @@ def serve(config: StoreConfig, ready: Any = None) -> int:
             f"engine {server.engine.version}, pid {os.getpid()})"
         )
         print(message, file=ready or sys.stdout, flush=True)
+        if loader is not None:
+            loader_settings, options = loader
+            loader_thread = threading.Thread(
+                target=_run_loader,
+                args=(loader_settings.replace(clickhouse_url=server.url), options, stop),
+                name="store-loader",
+                daemon=True,
+            )
+            loader_thread.start()
         while not stop.wait(1.0):
             server.sessions.sweep()
     finally:
+        stop.set()
+        if loader_thread is not None:
+            loader_thread.join(config.shutdown_grace_s)
+            if loader_thread.is_alive():
+                log.warning("the loader did not stop within %.0fs", config.shutdown_grace_s)
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _run_loader(settings: Any, options: Mapping[str, Any], stop: threading.Event) -> None:
+    """The store's loader thread: consumes until ``stop``; a crash is logged and the loader restarted."""
+    from connectors.loader import Loader
+
+    log.info(
+        "loader: %s -> %s (group %s)",
+        settings.kafka_bootstrap,
+        settings.clickhouse_database,
+        options.get("group_id", "citystream-loader"),
+    )
+    while not stop.is_set():
+        try:
+            stats = Loader(settings, **options).run(until_end=False, stop=stop.is_set)
+            log.info("loader stopped: %d rows in %d batches", stats.loaded, stats.batches)
+        except Exception:
+            log.exception("loader failed; restarting it in 5 s")
+            stop.wait(5.0)
 
 
 def free_port() -> int:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from citystream.detect.base import is_missing, tail_score
+from citystream.detect.health import NeighbourDrift
 from citystream.errors import UserError
 
 #: Where the job and the report read their configuration by default.
@@ -46,6 +47,8 @@ _MAD_TO_SIGMA = math.sqrt(math.pi / 2.0)
 _CLIP = 3.0
 #: Verdict health values coming out of stage 1.
 OK, FLAT, OUT_OF_RANGE = "ok", "flat", "out_of_range"
+#: Forgetting factor of the tank balance's recursive least squares (memory ~ 1 / (1 - lambda) windows).
+_RLS_LAMBDA = 0.998
 
 
 # --------------------------------------------------------------------------- configuration
@@ -68,6 +71,13 @@ class MetricRule:
     skip_zero: bool = False
     zone_z: float = 0.0
     zone_min_sensors: int = 3
+    drift_tolerance: float = 0.0
+    drift_k: float = 5.0
+    drift_halflife: float = 5.0
+    drift_warmup: int = 120
+    drift_min_count: float = 1.0
+    balance_z: float = 0.0
+    drift_max_occupancy: float = 8.0
     low: float | None = None
     high: float | None = None
     rule_low: float | None = None
@@ -218,7 +228,17 @@ class MetricDetector:
 
     @staticmethod
     def init() -> dict[str, Any]:
-        return {"n": 0, "m": None, "s": 0.0, "pm": 0.0, "ps": 0.0, "last": None, "flat": 0, "w": None}
+        return {
+            "n": 0,
+            "m": None,
+            "s": 0.0,
+            "pm": 0.0,
+            "ps": 0.0,
+            "last": None,
+            "flat": 0,
+            "w": None,
+            "rs": 0,
+        }
 
     def ready(self, state: Mapping[str, Any]) -> bool:
         return state["n"] >= self.rule.warmup_windows
@@ -262,7 +282,9 @@ class MetricDetector:
         # -- health: impossible values and flat-lining are the sensor's problem, not the world's
         if (r.low is not None and lo < r.low) or (r.high is not None and hi > r.high):
             verdict["health"] = OUT_OF_RANGE
-            verdict["note"] = f"{r.name} {_fmt(lo)}..{_fmt(hi)} outside the instrument range [{r.low}, {r.high}]"
+            verdict["note"] = (
+                f"{r.name} {_fmt(lo)}..{_fmt(hi)} outside the instrument range [{r.low}, {r.high}]"
+            )
             return new, verdict
         if r.skip_zero and lo <= 0.0:
             verdict["note"] = f"{r.name} at or through zero (equipment off): not judged"
@@ -279,11 +301,14 @@ class MetricDetector:
             verdict["note"] = f"{r.name} flat at {_fmt(mean)} for {new['flat'] + 1} windows"
             return new, verdict
         recovered = r.stuck_windows and state["flat"] + 1 >= r.stuck_windows
+        # back from a flat spell: the first windows mix frozen and live values, so the baseline is
+        # re-seeded for as many windows as it took to call the sensor stuck
+        new["rs"] = r.stuck_windows if recovered else max(0, state.get("rs", 0) - 1)
         # -- models: score against the state *before* this window, then learn
         best_z, best_det, expected = 0.0, "", None
         m = state["m"]
         n = state["n"]
-        if m is None or recovered:
+        if m is None or recovered or state.get("rs", 0) > 0:
             # first window, or back from a flat spell: the old baseline is stale, re-seed it
             new.update({"m": mean, "n": n + 1 if m is None else n})
             if m is None:
@@ -373,6 +398,29 @@ def family_and_locus(domain: str, metric: str, key_id: str) -> tuple[str, str]:
     return domain, f"{domain}-{place}"
 
 
+def neighbours(domain: str, a: str, b: str) -> bool:
+    """Do sensors ``a`` and ``b`` see the same world (so a fault shows as a change of their ratio)?
+
+    From the city model's layout, encoded in its ids: grid meters of one
+    feeder (``grid-ss01-f5-a`` .. ``-c``; its phases share load and voltage
+    drop); water sensors of one DMA (``water-z03-...``); traffic loops of one
+    zone at the same or an adjacent station (``traffic-z03-s006-l1``: stations
+    are numbered along the road, so +-1 is up- or downstream, and the other
+    lanes of a station share its queue).
+    """
+    pa, pb = a.split("-"), b.split("-")
+    if domain == "grid":
+        return len(pa) == len(pb) == 4 and pa[:3] == pb[:3]
+    if domain == "traffic":
+        if len(pa) < 3 or len(pb) < 3 or pa[1] != pb[1]:
+            return False
+        try:
+            return abs(int(pa[2].lstrip("s")) - int(pb[2].lstrip("s"))) <= 1
+        except ValueError:
+            return False
+    return len(pa) > 1 and len(pb) > 1 and pa[1] == pb[1]
+
+
 def _kind(domain: str, family: str, evidence: Sequence[Mapping[str, Any]]) -> str:
     """A human name for an incident from the anomalies in it (the grouping does not depend on it)."""
     metrics = {(a["metric"], a["z"] > 0) for a in evidence}
@@ -412,7 +460,7 @@ class GroupEngine:
 
     @staticmethod
     def init() -> dict[str, Any]:
-        return {"sensors": {}, "open": {}, "closed": {}, "w": None}
+        return {"sensors": {}, "open": {}, "closed": {}, "drift": {}, "w": None}
 
     def step(
         self, state: Mapping[str, Any], domain: str, window_end: int, verdicts: Iterable[Mapping[str, Any]]
@@ -430,13 +478,16 @@ class GroupEngine:
             "sensors": {k: dict(v) for k, v in state["sensors"].items()},
             "open": {k: {**v, "keys": list(v["keys"])} for k, v in state["open"].items()},
             "closed": dict(state["closed"]),
+            "drift": dict(state.get("drift", {})),
+            "balance": dict(state.get("balance", {})),
             "w": window_end,
         }
         by_sensor: dict[str, list[Mapping[str, Any]]] = {}
         for v in verdicts:
             by_sensor.setdefault(v["key_id"], []).append(v)
 
-        # -- 1. health per sensor, from all its metrics together
+        # -- 1. health per sensor, from all its metrics together (and against its neighbours)
+        drifting = self._drift(domain, by_sensor, st)
         faults: dict[str, str] = {}
         for sid, vs in by_sensor.items():
             checked = [v for v in vs if (r := cfg.rule(domain, v["metric"])) is not None and r.stuck_windows]
@@ -445,6 +496,8 @@ class GroupEngine:
                 status, detail = "out_of_range", oor[0]["note"]
             elif checked and all(v["health"] == FLAT for v in checked):
                 status, detail = "stuck", "; ".join(v["note"] for v in checked)
+            elif sid in drifting:
+                status, detail = "drift", drifting[sid]
             else:
                 status, detail = OK, ""
             faults[sid] = self._health(st, domain, sid, status, window_end, detail, out)
@@ -469,6 +522,8 @@ class GroupEngine:
                 if abs(v["z"]) >= pol.keep_z:
                     alive.add(fam)
         self._coherent(domain, by_sensor, st, evidence, alive, window_end, out)
+        if domain == "water":
+            self._tank_balance(by_sensor, st, evidence, alive, window_end, out)
         for fam, ev in sorted(evidence.items()):
             self._grow(st, domain, fam, ev, window_end, out)
         for fam_s in sorted(faults.values()):
@@ -485,13 +540,182 @@ class GroupEngine:
             a["quiet"] += 1
             if a["quiet"] >= pol.quiet_windows:
                 out["alerts"].append(self._alert(a, "resolve", domain, f"resolved: {a['explanation']}"))
-                st["closed"][akey] = {"id": a["id"], "at": window_end, "first": a["first_seen"], "n": a["count"]}
+                st["closed"][akey] = {
+                    "id": a["id"],
+                    "at": window_end,
+                    "first": a["first_seen"],
+                    "n": a["count"],
+                }
                 del st["open"][akey]
         horizon = window_end - pol.cooldown_windows * wms
         st["closed"] = {k: v for k, v in st["closed"].items() if v["at"] > horizon}
         return st, out
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _drift(
+        self, domain: str, by_sensor: Mapping[str, Sequence[Mapping[str, Any]]], st: dict[str, Any]
+    ) -> dict[str, str]:
+        """Sensors whose log-ratio to their place's median has left its learned band.
+
+        Why log ratio: sensors of one place share the world (a DMA's demand, a
+        substation's voltage, a zone's traffic) but not a calibration fault,
+        and they differ by a factor (elevation, road class), so the ratio to
+        the neighbours' median is what stays put. ``NeighbourDrift`` learns its
+        usual value and spread over ``drift_warmup`` windows, then freezes them.
+        """
+        pools: dict[str, list[tuple[str, float]]] = {}
+        states = st.setdefault("drift", {})
+        out: dict[str, str] = {}
+        for sid, vs in by_sensor.items():
+            if domain == "traffic":
+                self._speed_physics(sid, vs, states, out)
+                continue
+            for v in vs:
+                r = self.config.rule(domain, v["metric"])
+                if r is None or r.drift_tolerance <= 0 or v["health"] != OK or v["observed"] is None:
+                    continue
+                if v["observed"] <= 0:
+                    continue
+                pools.setdefault(v["metric"], []).append((sid, math.log(v["observed"])))
+        for metric, members in sorted(pools.items()):
+            r = self.config.rule(domain, metric)
+            assert r is not None
+            nd = NeighbourDrift(r.drift_warmup, r.drift_halflife, r.drift_k, r.drift_tolerance)
+            for sid, x in members:
+                others = [y for s2, y in members if s2 != sid and neighbours(domain, sid, s2)]
+                if len(others) < 2:
+                    continue
+                key = f"{sid}|{metric}"
+                ds, drifting, _ = nd.step(states.get(key) or nd.init(), 0, x, others)
+                states[key] = ds
+                if drifting:
+                    pct = 100.0 * (math.exp(ds["e"] - ds["m"]) - 1.0)
+                    out[sid] = f"{metric} drifted {pct:+.1f} % against its neighbours"
+        return out
+
+    def _speed_physics(
+        self, sid: str, vs: Sequence[Mapping[str, Any]], states: dict[str, Any], out: dict[str, str]
+    ) -> None:
+        """A loop's free-flow speed against the free-flow speed it learned (the speed-occupancy relation).
+
+        Why: below critical occupancy the fundamental diagram is flat - speed
+        stays within a few percent of the road's free-flow speed whatever the
+        flow - so a loop whose free-flow speed walks away is mis-measuring.
+        Congested windows (occupancy above ``drift_max_occupancy``) say
+        nothing about calibration and are skipped; so are windows with too
+        few vehicles for a mean speed. Neighbouring loops are no reference:
+        adjacent stations differ by whole queues at rush hour.
+        """
+        by_metric = {v["metric"]: v for v in vs}
+        sp, cnt, occ = (by_metric.get(m) for m in ("mean_speed_kmh", "vehicle_count", "occupancy_pct"))
+        if sp is None or cnt is None or occ is None:
+            return
+        r = self.config.rule("traffic", "mean_speed_kmh")
+        if r is None or r.drift_tolerance <= 0:
+            return
+        if any(v["health"] != OK or v["observed"] is None for v in (sp, cnt, occ)):
+            return
+        if cnt["observed"] < r.drift_min_count or occ["observed"] > r.drift_max_occupancy:
+            return
+        if sp["observed"] <= 0:
+            return
+        nd = NeighbourDrift(r.drift_warmup, r.drift_halflife, r.drift_k, r.drift_tolerance)
+        key = f"{sid}|mean_speed_kmh"
+        ds, drifting, _ = nd.step(states.get(key) or nd.init(), 0, math.log(sp["observed"]), [0.0])
+        states[key] = ds
+        if drifting:
+            pct = 100.0 * (math.exp(ds["e"] - ds["m"]) - 1.0)
+            out[sid] = f"mean_speed_kmh drifted {pct:+.1f} % against its own free-flow speed"
+
+    def _tank_balance(
+        self,
+        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
+        st: dict[str, Any],
+        evidence: dict[tuple[str, str], list[Mapping[str, Any]]],
+        alive: set[tuple[str, str]],
+        window_end: int,
+        out: dict[str, list[dict[str, Any]]],
+    ) -> None:
+        """Water mass balance of a DMA's tank: level change vs what the pump and the inlet moved.
+
+        Why learned: tank area, pump curve and the share of demand the tank
+        serves are rarely on file, but over one window the balance is linear
+        - dlevel = a * pump flow + b * inlet flow + c - so recursive least
+        squares (forgetting factor ``_RLS_LAMBDA``) learns it per DMA. A tank
+        filling faster than its metered pump can fill it (an unmetered
+        inflow, a failed level control) or draining with the pump running is
+        a residual no single-sensor model sees.
+        """
+        level = pump = inlet = None
+        for sid, vs in by_sensor.items():
+            if st["sensors"].get(sid, {}).get("status", OK) != OK:
+                continue
+            for v in vs:
+                if v["metric"] == "tank_level_m":
+                    level = v
+                elif v["metric"] == "flow_lps" and sid.endswith("-pump"):
+                    pump = v
+                elif v["metric"] == "flow_lps" and sid.endswith("-flow"):
+                    inlet = v
+        rule = self.config.rule("water", "tank_level_m")
+        if level is None or pump is None or inlet is None or rule is None or rule.balance_z <= 0:
+            return
+        if any(v["observed"] is None for v in (level, pump, inlet)):
+            return
+        b = st.setdefault("balance", {})
+        prev, b["prev"] = b.get("prev"), level["observed"]
+        flows, b["flows"] = b.get("flows"), [pump["observed"], inlet["observed"]]
+        if prev is None or flows is None:
+            return
+        # window means are mid-window samples: the level moved between them by what flowed from
+        # the middle of the previous window to the middle of this one
+        x = [(flows[0] + pump["observed"]) / 2.0, (flows[1] + inlet["observed"]) / 2.0, 1.0]
+        y = level["observed"] - prev
+        theta = b.get("theta") or [0.0, 0.0, 0.0]
+        p = b.get("P") or [[1e2 if i == j else 0.0 for j in range(3)] for i in range(3)]
+        n = b.get("n", 0)
+        resid = y - sum(t * xi for t, xi in zip(theta, x, strict=True))
+        scale = max(b.get("s", 0.0) * _MAD_TO_SIGMA, rule.min_scale / 10.0, 1e-6)
+        z = resid / scale
+        warm = n >= rule.warmup_windows * 3
+        # RLS update (skipped for the evidence of an anomaly, so a failure is not learned as normal)
+        if not (warm and abs(z) >= rule.balance_z):
+            px = [sum(p[i][j] * x[j] for j in range(3)) for i in range(3)]
+            denom = _RLS_LAMBDA + sum(x[i] * px[i] for i in range(3))
+            k = [v / denom for v in px]
+            theta = [theta[i] + k[i] * resid for i in range(3)]
+            p = [[(p[i][j] - k[i] * px[j]) / _RLS_LAMBDA for j in range(3)] for i in range(3)]
+            a = max(1.0 / rule.halflife_windows, 1.0 / (n + 1))
+            d = min(abs(resid), _CLIP * scale) if warm else abs(resid)
+            b["s"] = b.get("s", 0.0) + a * (d - b.get("s", 0.0))
+        b.update({"theta": theta, "P": p, "n": n + 1})
+        if not warm:
+            return
+        fam = family_and_locus("water", "tank_level_m", level["key_id"])
+        if abs(z) >= self.config.alerts.keep_z:
+            alive.add(fam)
+        if abs(z) < rule.balance_z:
+            return
+        note = (
+            f"tank level moved {y * 100:+.1f} cm in a window where pump and inlet flows imply "
+            f"{(y - resid) * 100:+.1f} cm ({z:+.1f} sd)"
+        )
+        v0 = {
+            "key_id": level["key_id"],
+            "metric": "tank_level_m",
+            "window_start": level["window_start"],
+            "window_end": window_end,
+            "observed": level["observed"],
+            "expected": prev + y - resid,
+            "z": z,
+            "score": tail_score(3.0 * z / rule.balance_z),
+            "detector": "balance-v1",
+            "severity": "critical" if abs(z) >= 2 * rule.balance_z else "warning",
+            "note": note,
+        }
+        out["anomalies"].append(self._anomaly("water", v0))
+        evidence.setdefault(fam, []).append(v0)
 
     def _coherent(
         self,
@@ -555,7 +779,9 @@ class GroupEngine:
             anomaly["key_kind"] = "zone"
             out["anomalies"].append(anomaly)
             for v in agree:
-                evidence.setdefault(fam, []).append({**v, "z": v["lz"], "severity": v0["severity"], "note": note})
+                evidence.setdefault(fam, []).append(
+                    {**v, "z": v["lz"], "severity": v0["severity"], "note": note}
+                )
 
     def _health(
         self,
@@ -587,7 +813,15 @@ class GroupEngine:
                 }
             )
             if status != OK:
-                ev = [{"key_id": sid, "metric": "", "z": 0.0, "severity": "warning", "note": f"{status}: {detail}"}]
+                ev = [
+                    {
+                        "key_id": sid,
+                        "metric": "",
+                        "z": 0.0,
+                        "severity": "warning",
+                        "note": f"{status}: {detail}",
+                    }
+                ]
                 self._grow(st, domain, fam, ev, window_end, out, kind="sensor_fault")
         return "|".join(fam) if status != OK else ""
 
@@ -716,7 +950,9 @@ class Detection:
             per_group.setdefault(g, []).append(verdict)
         out: dict[str, list[dict[str, Any]]] = {"anomalies": [], "alerts": [], "health": []}
         engine = GroupEngine(cfg)
-        for (domain, group, w_end), verdicts in sorted(per_group.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+        for (domain, group, w_end), verdicts in sorted(
+            per_group.items(), key=lambda kv: (kv[0][2], kv[0][1])
+        ):
             gs = self.group_states.get(group) or engine.init()
             gs, recs = engine.step(gs, domain, w_end, verdicts)
             self.group_states[group] = gs

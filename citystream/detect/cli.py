@@ -11,13 +11,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("nab", "batadal", "skab")
+DATASETS = ("nab", "batadal", "skab", "simulator")
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="score the anomaly detectors on NAB, BATADAL and SKAB; write a markdown report",
+        help="score the anomaly detectors on NAB, BATADAL, SKAB and a seeded simulator run; write a report",
         description="Run every detector over the labelled benchmarks and print NAB score, BATADAL S, "
         "event-level precision/recall/F1 and median time-to-detect per detector.",
     )
@@ -51,19 +51,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     from citystream.settings import ROOT
 
     root = args.datasets if args.datasets is not None else default_root(ROOT)
-    if not root.is_dir():
+    if not root.is_dir() and set(args.only or DATASETS) - {"simulator"}:
         raise UserError(f"datasets folder {root} not found: pass --datasets DIR")
+    chosen = tuple(args.only or DATASETS)
+    benchmarks = tuple(d for d in chosen if d != "simulator")
     started = time.perf_counter()
     results = evaluate.run_evaluation(
-        root, args.slice_, tuple(args.only or DATASETS), progress=lambda m: print(m, file=sys.stderr)
+        root, args.slice_, benchmarks, progress=lambda m: print(m, file=sys.stderr)
     )
+    sim_text = ""
+    if "simulator" in chosen:
+        seeds: list[int | None] = [None]
+        if args.slice_ == "full":
+            seeds += list(evaluate.SIM_HELD_OUT_SEEDS)
+        for seed in seeds:
+            scores, facts = evaluate.run_simulator_evaluation(
+                args.slice_, progress=lambda m: print(m, file=sys.stderr), seed=seed
+            )
+            facts["held_out"] = seed is not None
+            sim_text += evaluate.render_simulator(scores, facts)
     took = time.perf_counter() - started
     header = (
         "## Anomaly detection quality\n\n"
-        + evaluate.describe_protocol(args.slice_)
+        + (evaluate.describe_protocol(args.slice_) if benchmarks else f"Slice `{args.slice_}`.")
         + f"\n\nDatasets: `{root}`; wall time {took:.0f} s."
     )
-    text = evaluate.render(results, header)
+    text = evaluate.render(results, header) + sim_text
     print(text, end="")
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)

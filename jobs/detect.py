@@ -20,6 +20,14 @@ Why this shape:
   independent of parallelism and arrival order.
 * Both stateful operators have fixed uids, so a savepoint restores into a
   rebuilt job.
+
+Measured (MiniCluster, parallelism 1, 2 shared cores, bounded collection of
+simulator aggregates, marginal rate after start-up): ~950 rows/s with a timer
+and MapState per row in stage 1; ~1.7k rows/s without them and with one timer
+per group and window in stage 2; ~2.0k rows/s with a bundle of 20,000
+(bundle 1,000: ~0.9k). A trivial keyed ValueState function measures ~4k rows/s
+in the same harness, so the two Python hops are the cost, not the detectors
+(the pure code does ~100k rows/s). A 300-sensor city makes ~25 rows/s.
 """
 
 from __future__ import annotations
@@ -325,7 +333,7 @@ def configure(env: Any, settings: Any = None, *, parallelism: int | None = None)
     s = settings if settings is not None else Settings()
     conf = Configuration()
     conf.set_string("python.executable", os.environ.get("PYFLINK_PYTHON", sys.executable))
-    conf.set_string("python.fn-execution.bundle.size", "5000")
+    conf.set_string("python.fn-execution.bundle.size", "20000")
     conf.set_string("python.fn-execution.bundle.time", "1000")
     conf.set_string("python.state.cache-size", "10000")
     conf.set_string("execution.checkpointing.storage", "filesystem")

@@ -56,6 +56,7 @@ from citystream.detect.scoring import (
     probation_length,
 )
 from citystream.detect.univariate import EwmaZ, HoltWinters, Periodic, RangeRule, RobustMad, SeasonalProfile
+from citystream.importer import FIELDS
 
 #: Alarm threshold on calibrated scores: 1 - tail probability (shared with ``pipeline.recommended``).
 CALIBRATED_ON = ALARM_ON
@@ -475,19 +476,10 @@ def describe_protocol(slice_: str) -> str:
 
 # --------------------------------------------------------------------------- seeded simulator
 
-#: Reading fields the domain jobs aggregate per sensor, as WindowAggregate metric names.
-SIM_METRICS: dict[str, tuple[str, ...]] = {
-    "traffic": ("vehicle_count", "mean_speed_kmh", "occupancy_pct"),
-    "water": ("flow_lps", "pressure_bar", "tank_level_m", "pump_on", "ph", "turbidity_ntu", "chlorine_mgl"),
-    "grid": (
-        "voltage_v",
-        "current_a",
-        "frequency_hz",
-        "active_power_kw",
-        "reactive_power_kvar",
-        "power_factor",
-    ),
-}
+#: Reading fields the domain jobs aggregate per sensor, as WindowAggregate metric names,
+#: are the value fields the importer maps columns onto: one list, ``importer.FIELDS``.
+SIM_METRICS = FIELDS
+
 _SIM_RECORDS = {
     "traffic": "citystream.TrafficReading",
     "water": "citystream.WaterReading",

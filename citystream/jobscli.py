@@ -17,7 +17,13 @@ from citystream.settings import ROOT, Settings
 from citystream.settings import load as load_settings
 
 #: Job name -> file under jobs/.
-JOBS = {"windows": "windows.py", "grid": "grid.py", "traffic": "traffic.py", "water": "water.py"}
+JOBS = {
+    "windows": "windows.py",
+    "grid": "grid.py",
+    "traffic": "traffic.py",
+    "water": "water.py",
+    "detect": "detect.py",
+}
 
 
 def job_file(name: str) -> Path:

@@ -289,6 +289,8 @@ class Flink(Service):
         """Environment for the bundled ``bin/`` scripts (also used by ``flink run``)."""
         venv_bin = str(Path(sys.executable).parent)
         env = dict(os.environ)
+        # Set in a process that ran a local PyFlink job in loopback mode; a child must not inherit it.
+        env.pop("PYFLINK_GATEWAY_DISABLED", None)
         env.update(
             FLINK_HOME=str(self.home()),
             FLINK_CONF_DIR=str(self.dir / "conf"),

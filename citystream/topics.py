@@ -343,6 +343,18 @@ def _apply(admin: KafkaAdminClient, by_name: Mapping[str, TopicSpec], timeout_s:
             errors = [f"{n}: {r}" for n, r in result.get("topic", {}).items() if r != "OK"]
             if errors:
                 raise UserError("could not alter topic configs: " + "; ".join(errors))
+            # The broker applies committed config changes asynchronously: wait until it shows
+            # them, so a caller (or a second `topics create`) sees the state just reported.
+            from citystream.proc import wait_until
+
+            def applied() -> bool:
+                now = _observe(admin, list(alter), {n: list(d) for n, d in alter.items()})
+                return all(now[n].configs.get(k) == v for n, d in alter.items() for k, v in d.items())
+
+            if not wait_until(applied, timeout_s, interval_s=0.2):
+                raise UserError(
+                    f"Kafka accepted the config changes but did not apply them within {timeout_s:.0f}s"
+                )
             for n, diff in alter.items():
                 for k, v in diff.items():
                     changes.append(Change(n, "alter-config", f"{k}: {states[n].configs.get(k)} -> {v}"))

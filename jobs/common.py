@@ -458,17 +458,6 @@ def _windowed(
 # --------------------------------------------------------------------------- sinks and main
 
 
-def _delivery(transactional_id_prefix: str | None) -> dict[str, str]:
-    if not transactional_id_prefix:
-        return {"sink.delivery-guarantee": "at-least-once"}
-    return {
-        "sink.delivery-guarantee": "exactly-once",
-        "sink.transactional-id-prefix": transactional_id_prefix,
-        # Flink's default (1 h) exceeds the broker's default transaction.max.timeout.ms (15 min).
-        "properties.transaction.timeout.ms": "600000",
-    }
-
-
 def append_sink(
     table: str,
     record: str,
@@ -478,21 +467,13 @@ def append_sink(
     transactional_id_prefix: str | None,
     key_field: str | None = None,
 ) -> str:
-    """Kafka table (Avro value) for append-only results; ``key_field`` (a STRING column) keys records.
+    """Kafka table (Avro value, ``key_field`` as the raw key) for append-only results."""
+    from jobs.sql import kafka_table
 
-    Why a key for some: compacted topics (sensor-health) keep the latest record per key.
-    """
-    from jobs.sql import columns
-
-    options = {"connector": "kafka", "topic": topic, "properties.bootstrap.servers": bootstrap}
-    if key_field:
-        options.update({"key.format": "raw", "key.fields": key_field, "value.format": "avro"})
-        options["value.fields-include"] = "ALL"
-    else:
-        options["format"] = "avro"
-    options.update(_delivery(transactional_id_prefix))
-    opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
-    return f"CREATE TEMPORARY TABLE `{table}` (\n  {columns(record)}\n) WITH (\n  {opts}\n)"
+    return kafka_table(
+        table, record, topic=topic, bootstrap=bootstrap, sink=True,
+        transactional_id_prefix=transactional_id_prefix, key_field=key_field,
+    )  # fmt: skip
 
 
 def build(
@@ -524,9 +505,9 @@ def build(
     tx = f"{settings.topic_prefix}{job}"
     prefix = (lambda what: f"{tx}-{what}") if exactly_once else (lambda what: None)
     for what, record, topic, key in (
-        ("aggregates", "citystream.WindowAggregate", "aggregates", None),
-        ("late_events", "citystream.LateEvent", "late-events", None),
-        ("dead_letters", "citystream.DeadLetter", "dead-letters", None),
+        ("aggregates", "citystream.WindowAggregate", "aggregates", "key_id"),
+        ("late_events", "citystream.LateEvent", "late-events", "sensor_id"),
+        ("dead_letters", "citystream.DeadLetter", "dead-letters", "original_key"),
         ("sensor_health", "citystream.SensorHealth", "sensor-health", "sensor_id"),
     ):
         t_env.execute_sql(
@@ -554,17 +535,36 @@ def main_for(domain: Domain, argv: Sequence[str] | None = None) -> int:
     """The thin ``main()`` of every domain job: settings -> Kafka tables -> :func:`process`."""
     from citystream.settings import load as load_settings
 
-    parser = argparse.ArgumentParser(prog=f"jobs.{domain.name}", description=f"citystream {domain.name} job")
+    parser = argparse.ArgumentParser(
+        prog=f"jobs.{domain.name}",
+        description=f"citystream {domain.name} job: {domain.topic} -> aggregates, late events, "
+        "dead letters, sensor health (Kafka topics from the CITYSTREAM_* settings).",
+    )
     parser.add_argument("--bounded", action="store_true", help="stop at the offsets current at start")
-    parser.add_argument("--parallelism", type=int, default=None)
-    parser.add_argument("--tumble-s", type=int, default=Windows.tumble_s)
-    parser.add_argument("--hop-size-s", type=int, default=Windows.hop_size_s)
-    parser.add_argument("--hop-slide-s", type=int, default=Windows.hop_slide_s)
-    parser.add_argument("--zone-s", type=int, default=Windows.zone_s)
-    parser.add_argument("--allowed-lateness-s", type=int, default=Windows.allowed_lateness_s)
-    parser.add_argument("--out-of-order-s", type=int, default=domain.out_of_order_s)
-    parser.add_argument("--silence-s", type=int, default=Windows.silence_s)
+    parser.add_argument("--parallelism", type=int, default=None, help="default: the settings' parallelism")
+    parser.add_argument(
+        "--tumble-s", type=int, default=Windows.tumble_s, help="per-sensor tumbling window, seconds"
+    )
+    parser.add_argument("--hop-size-s", type=int, default=Windows.hop_size_s, help="hopping window size, s")
+    parser.add_argument("--hop-slide-s", type=int, default=Windows.hop_slide_s, help="hop window slide, s")
+    parser.add_argument("--zone-s", type=int, default=Windows.zone_s, help="per-zone tumbling window, s")
+    parser.add_argument(
+        "--allowed-lateness-s", type=int, default=Windows.allowed_lateness_s,
+        help="a reading this far behind its window's end still revises it; later ones go to late-events",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out-of-order-s", type=int, default=domain.out_of_order_s,
+        help="watermark lag behind the newest event time: disorder within it is not late",
+    )  # fmt: skip
+    parser.add_argument(
+        "--silence-s", type=int, default=Windows.silence_s, help="event-time gap that reports a sensor silent"
+    )
     parser.add_argument("--at-least-once", action="store_true", help="non-transactional Kafka sinks")
+    parser.add_argument(
+        "--watermark-on-event", action="store_true",
+        help="a watermark after every reading instead of every 200 ms: which readings count as late "
+        "then depends only on the topic's order (replays, backtests), at some throughput cost",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     windows = Windows(
         tumble_s=args.tumble_s, hop_size_s=args.hop_size_s, hop_slide_s=args.hop_slide_s,
@@ -576,7 +576,10 @@ def main_for(domain: Domain, argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     os.environ.setdefault("CITYSTREAM_JOB_NAME", f"citystream-{domain.name}")
     t_env = job_environment(settings, parallelism=args.parallelism)
-    sinks = build(t_env, settings, domain, windows, bounded=args.bounded, exactly_once=not args.at_least_once)
+    sinks = build(
+        t_env, settings, domain, windows, bounded=args.bounded, exactly_once=not args.at_least_once,
+        watermark_on_event=args.watermark_on_event,
+    )  # fmt: skip
     outputs = process(t_env, domain, t_env.from_path(f"{domain.name}_raw"), windows)
     insert_all(t_env, outputs, sinks).wait()
     return 0

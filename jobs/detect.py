@@ -80,9 +80,15 @@ METRIC_UID = "detect-metric-v1"
 GROUP_UID = "detect-group-v1"
 
 
+#: How far behind the newest window an aggregate may arrive and still be judged. The domain
+#: jobs emit a window when their watermark passes it; their parallel writers can be up to a
+#: window apart within one partition.
+OUT_OF_ORDER_MS = 60_000
+
+
 class _WindowEnd(TimestampAssigner):
     def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
-        return int(value[2])
+        return int(value[5])
 
 
 class MetricStage(KeyedProcessFunction):
@@ -183,14 +189,28 @@ class GroupStage(KeyedProcessFunction):
         self.state.update(json.dumps(st, separators=(",", ":")))
 
 
-def detect(
-    aggregates: DataStream, config: DetectionConfig | None = None, *, out_of_order_ms: int = 10_000
-) -> DataStream:
-    """WindowAggregate rows (``INPUT_TYPE``) -> (kind, JSON record) of anomalies, alerts and health.
+def with_window_watermarks(aggregates: DataStream, out_of_order_ms: int = OUT_OF_ORDER_MS) -> DataStream:
+    """Event time from ``window_end`` for a stream that has none of its own (a collection).
 
-    ``out_of_order_ms`` bounds how far behind the newest window an aggregate
-    may arrive and still be judged: the domain jobs emit a window when their
-    watermark passes it, so rows arrive nearly in window order.
+    Only right for a source whose subtasks each read rows in window order; a
+    Kafka topic must declare its watermark in the source instead (see
+    ``run``), because one source subtask reads several partitions and
+    interleaves them arbitrarily - a watermark assigned downstream of that
+    would call a lagging partition's rows late.
+    """
+    return aggregates.assign_timestamps_and_watermarks(
+        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_order_ms))
+        .with_timestamp_assigner(_WindowEnd())
+        .with_idleness(Duration.of_seconds(60))
+    )
+
+
+def detect(aggregates: DataStream, config: DetectionConfig | None = None) -> DataStream:
+    """WindowAggregate rows (``INPUT_TYPE``) with watermarks -> (kind, JSON record) out.
+
+    The input must carry event-time watermarks (from the Kafka source, or
+    ``with_window_watermarks``): stage 2 judges a group's window when the
+    watermark passes its end, so every sensor's verdict for it is in.
     """
     cfg = config or load_config()
     verdicts = (
@@ -199,13 +219,8 @@ def detect(
         .uid(METRIC_UID)
         .name("detect per sensor and metric")
     )
-    timed = verdicts.assign_timestamps_and_watermarks(
-        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_order_ms))
-        .with_timestamp_assigner(_WindowEnd())
-        .with_idleness(Duration.of_seconds(60))
-    )
     return (
-        timed.key_by(lambda v: v[0], key_type=Types.STRING())
+        verdicts.key_by(lambda v: v[0], key_type=Types.STRING())
         .process(GroupStage(cfg), output_type=OUTPUT_TYPE)
         .uid(GROUP_UID)
         .name("health, grouping and alert lifecycle")
@@ -275,6 +290,9 @@ def run(settings: Any, config: DetectionConfig, *, bounded: bool, parallelism: i
     env.add_jars(*(j.as_uri() for j in connector_jars(settings)))
     t_env = StreamTableEnvironment.create(env)
     t_env.get_config().set("table.local-time-zone", "UTC")
+    # A partition with no traffic must not hold every group's watermark (and alerts) back.
+    t_env.get_config().set("table.exec.source.idle-timeout", "60 s")
+    lag_s = OUT_OF_ORDER_MS // 1000
     t_env.execute_sql(
         kafka_table(
             "aggregates",
@@ -283,6 +301,8 @@ def run(settings: Any, config: DetectionConfig, *, bounded: bool, parallelism: i
             bootstrap=settings.kafka_bootstrap,
             bounded=bounded,
             group_id="citystream-detect",
+            # Per-partition watermarks, made inside the source (see with_window_watermarks).
+            extra_columns=f"WATERMARK FOR window_end AS window_end - INTERVAL '{lag_s}' SECOND",
         )
     )
     ms = "CAST(TIMESTAMPDIFF(SECOND, TIMESTAMP '1970-01-01 00:00:00', {c}) AS BIGINT) * 1000"
@@ -294,10 +314,10 @@ def run(settings: Any, config: DetectionConfig, *, bounded: bool, parallelism: i
     rows = t_env.to_data_stream(source).map(lambda r: Row(*r), output_type=INPUT_TYPE)
     out = detect(rows, config)
     statements = t_env.create_statement_set()
-    for kind, record, topic, cols in (
-        ("anomaly", "citystream.Anomaly", "anomalies", _ANOMALY_COLS),
-        ("alert", "citystream.Alert", "alerts", _ALERT_COLS),
-        ("health", "citystream.SensorHealth", "sensor-health", _HEALTH_COLS),
+    for kind, record, topic, cols, key in (
+        ("anomaly", "citystream.Anomaly", "anomalies", _ANOMALY_COLS, "key_id"),
+        ("alert", "citystream.Alert", "alerts", _ALERT_COLS, "alert_id"),
+        ("health", "citystream.SensorHealth", "sensor-health", _HEALTH_COLS, "sensor_id"),
     ):
         t_env.execute_sql(
             kafka_table(
@@ -307,6 +327,7 @@ def run(settings: Any, config: DetectionConfig, *, bounded: bool, parallelism: i
                 bootstrap=settings.kafka_bootstrap,
                 sink=True,
                 transactional_id_prefix=f"{settings.topic_prefix}detect-{kind}",
+                key_field=key,
             )
         )
         texts = out.filter(lambda v, k=kind: v[0] == k).map(

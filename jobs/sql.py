@@ -80,27 +80,25 @@ def kafka_table(
     group_id: str | None = None,
     sink: bool = False,
     transactional_id_prefix: str | None = None,
+    key_field: str | None = None,
 ) -> str:
     """``CREATE TEMPORARY TABLE`` for an Avro-encoded Kafka topic.
 
     ``bounded`` makes a source stop at the offsets current when the job starts,
     which is how the demo and tests run a streaming job to completion.
+    ``key_field`` (a STRING or BYTES column) becomes the record key as raw
+    bytes: topics that are compacted refuse unkeyed records, and a key keeps
+    one sensor's (or alert's) records in order on one partition.
     """
     cols = columns(record) + (f", {extra_columns}" if extra_columns else "")
-    options = {
-        "connector": "kafka",
-        "topic": topic,
-        "properties.bootstrap.servers": bootstrap,
-        "format": "avro",
-    }
+    options = {"connector": "kafka", "topic": topic, "properties.bootstrap.servers": bootstrap}
+    if key_field:
+        options.update({"key.format": "raw", "key.fields": key_field, "value.format": "avro"})
+        options["value.fields-include"] = "ALL"
+    else:
+        options["format"] = "avro"
     if sink:
-        if transactional_id_prefix:
-            options["sink.delivery-guarantee"] = "exactly-once"
-            options["sink.transactional-id-prefix"] = transactional_id_prefix
-            # Below the broker's transaction.max.timeout.ms (15 min), above any checkpoint gap.
-            options["properties.transaction.timeout.ms"] = "600000"
-        else:
-            options["sink.delivery-guarantee"] = "at-least-once"
+        options.update(delivery(transactional_id_prefix))
     else:
         options["scan.startup.mode"] = "earliest-offset"
         options["properties.group.id"] = group_id or f"citystream-{table}"
@@ -109,3 +107,16 @@ def kafka_table(
             options["scan.bounded.mode"] = "latest-offset"
     opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
     return f"CREATE TEMPORARY TABLE `{table}` (\n  {cols}\n) WITH (\n  {opts}\n)"
+
+
+def delivery(transactional_id_prefix: str | None) -> dict[str, str]:
+    """Sink options: exactly-once (Kafka transactions) with a prefix, at-least-once without."""
+    if not transactional_id_prefix:
+        return {"sink.delivery-guarantee": "at-least-once"}
+    return {
+        "sink.delivery-guarantee": "exactly-once",
+        "sink.transactional-id-prefix": transactional_id_prefix,
+        # Below the broker's transaction.max.timeout.ms (15 min), above any checkpoint gap;
+        # Flink's default (1 h) would be refused.
+        "properties.transaction.timeout.ms": "600000",
+    }

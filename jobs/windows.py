@@ -77,6 +77,7 @@ def build(t_env: TableEnvironment, settings: Settings, *, bounded: bool, out_of_
             bootstrap=settings.kafka_bootstrap,
             sink=True,
             transactional_id_prefix=f"{settings.topic_prefix}windows",
+            key_field="key_id",
         )
     )
 

@@ -51,12 +51,12 @@ def run_job(parallelism: int) -> list[tuple[str, str]]:
     from pyflink.common import Row
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from jobs.detect import INPUT_FIELDS, INPUT_TYPE, configure, detect
+    from jobs.detect import INPUT_FIELDS, INPUT_TYPE, configure, detect, with_window_watermarks
 
     env = StreamExecutionEnvironment.get_execution_environment()
     configure(env, parallelism=parallelism)
     rows = [Row(*[r[f] for f in INPUT_FIELDS]) for r in scenario()]
-    out = detect(env.from_collection(rows, type_info=INPUT_TYPE))
+    out = detect(with_window_watermarks(env.from_collection(rows, type_info=INPUT_TYPE)))
     with out.execute_and_collect() as results:
         return sorted((k, v) for k, v in results)
 
@@ -83,19 +83,36 @@ def test_job_matches_pure_detection(parallelism: int) -> None:
 
 
 def test_kafka_in_kafka_out_matches_pure_detection(kafka) -> None:
-    """aggregates topic -> jobs.detect.run -> anomalies/alerts/sensor-health topics, Avro both ways."""
-    from kafka import KafkaConsumer
+    """aggregates topic -> jobs.detect.run -> anomalies/alerts/sensor-health topics, Avro both ways.
+
+    Each gauge gets a partition of its own and the topic is written gauge by
+    gauge (all of j01's windows, then j02's, then j03's): every partition is
+    in order, the topic as a whole is 40 windows out of order. Watermarks
+    made downstream of the source would call j02's and j03's rows late; the
+    source's per-partition watermarks must not.
+    """
+    from kafka import KafkaConsumer, KafkaProducer
 
     from citystream import contracts
-    from connectors.producer import ReadingProducer
+    from citystream.topics import ensure_topics
     from jobs.detect import run
 
     settings = kafka.settings_.replace(topic_prefix="detectjob.")
-    with ReadingProducer(settings.kafka_bootstrap) as producer:
-        for r in scenario():
+    ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    try:
+        gauges = sorted({r["key_id"] for r in scenario()})
+        for r in sorted(scenario(), key=lambda r: (r["key_id"], r["window_start"])):
             rec = {**r, "late": 0, "duplicates": 0, "revision": 0}
-            producer.send(settings.topic("aggregates"), "citystream.WindowAggregate", rec)
+            producer.send(
+                settings.topic("aggregates"),
+                contracts.encode("citystream.WindowAggregate", rec),
+                key=r["key_id"].encode(),
+                partition=gauges.index(r["key_id"]),
+            )
         producer.flush()
+    finally:
+        producer.close()
     run(settings, load_config(), bounded=True, parallelism=2)
 
     def consume(topic: str, record: str) -> list[dict]:
@@ -104,9 +121,13 @@ def test_kafka_in_kafka_out_matches_pure_detection(kafka) -> None:
             consumer_timeout_ms=5000, isolation_level="read_committed",
         )  # fmt: skip
         try:
-            return [contracts.decode(record, m.value) for m in consumer]
+            got = [(m.key, contracts.decode(record, m.value)) for m in consumer]
         finally:
             consumer.close()
+        # Keyed like infra/topics.toml says (alerts and sensor-health are compacted: no key, no write).
+        key = {"alerts": "alert_id", "sensor-health": "sensor_id", "anomalies": "key_id"}[topic]
+        assert [k for k, _ in got] == [r[key].encode() for _, r in got]
+        return [r for _, r in got]
 
     want = Detection(load_config()).run(scenario())
 

@@ -146,7 +146,7 @@ def _fresh_topics(settings: Settings, topics: list[str]) -> None:
                 raise UserError(f"Kafka did not delete the old demo topics {doomed}")
     finally:
         admin.close()
-    ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
+    ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec)
 
 
 def _migrate(settings: Settings) -> None:

@@ -773,7 +773,7 @@ def _send(ds: Dataset, args: argparse.Namespace) -> int:
         from connectors.producer import ReadingProducer
 
         bootstrap = args.bootstrap or current.kafka_bootstrap
-        compression = prepare_topics(bootstrap, prefix)
+        compression = prepare_topics(bootstrap, prefix, current.topics_spec)
         with ReadingProducer(bootstrap, compression=compression, client_id="citystream-importer") as producer:
             summary = publish(
                 ds, KafkaSink(producer), prefix, speed=speed, shift_ms=shift, labels_file=args.labels_file

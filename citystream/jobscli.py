@@ -76,7 +76,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _job_args(args: argparse.Namespace) -> list[str]:
-    return (["--bounded"] if args.bounded else []) + (args.job_args or [])
+    rest = list(args.job_args or [])
+    if "--" in rest:  # argparse keeps the separator in a REMAINDER (which starts after the job name)
+        rest.remove("--")
+    return (["--bounded"] if args.bounded and "--bounded" not in rest else []) + rest
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -34,6 +34,7 @@ ENV: dict[str, str] = {
     "CITYSTREAM_CLICKHOUSE_VIEWER_USER": "clickhouse_viewer_user",
     "CITYSTREAM_CLICKHOUSE_VIEWER_PASSWORD": "clickhouse_viewer_password",
     "CITYSTREAM_TOPIC_PREFIX": "topic_prefix",
+    "CITYSTREAM_TOPICS_SPEC": "topics_spec",
     "CITYSTREAM_GRAFANA_URL": "grafana_url",
     "CITYSTREAM_GRAFANA_TOKEN": "grafana_token",
     "CITYSTREAM_GRAFANA_USER": "grafana_user",
@@ -68,6 +69,7 @@ class Settings:
     clickhouse_viewer_user: str = "viewer"
     clickhouse_viewer_password: str = field(default="", repr=False)
     topic_prefix: str = "citystream."
+    topics_spec: Path = ROOT / "infra" / "topics.toml"
     grafana_url: str = "http://127.0.0.1:3000"
     grafana_token: str = field(default="", repr=False)
     grafana_user: str = ""

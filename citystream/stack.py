@@ -444,8 +444,12 @@ def up(settings: Settings, echo=print) -> None:
         echo(f"store  ... external ClickHouse at {settings.clickhouse_url}")
     from citystream.topics import ensure_topics
 
-    changes = ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
-    echo(f"topics {len(changes)} change(s) from infra/topics.toml" if changes else "topics up to date")
+    changes = ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec)
+    echo(
+        f"topics {len(changes)} change(s) from {settings.topics_spec.name}"
+        if changes
+        else "topics up to date"
+    )
 
 
 def down(settings: Settings, purge: bool = False, echo=print) -> None:

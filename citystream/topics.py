@@ -394,6 +394,8 @@ def _settings_args(args: argparse.Namespace) -> tuple[str, str]:
         raise UserError(str(exc)) from None
     bootstrap = args.bootstrap or current.kafka_bootstrap
     prefix = current.topic_prefix if args.prefix is None else args.prefix
+    if args.spec is None:
+        args.spec = current.topics_spec
     return bootstrap, prefix
 
 
@@ -439,6 +441,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         p.add_argument("--prefix", default=None, help="topic name prefix (default: CITYSTREAM_TOPIC_PREFIX)")
         p.add_argument(
-            "--spec", type=Path, default=DEFAULT_SPEC, help="topic spec (default: infra/topics.toml)"
+            "--spec",
+            type=Path,
+            default=None,
+            help="topic spec (default: CITYSTREAM_TOPICS_SPEC, else infra/topics.toml)",
         )
         p.set_defaults(handler=handler)

@@ -507,7 +507,7 @@ def build(
     for what, record, topic, key in (
         ("aggregates", "citystream.WindowAggregate", "aggregates", "key_id"),
         ("late_events", "citystream.LateEvent", "late-events", "sensor_id"),
-        ("dead_letters", "citystream.DeadLetter", "dead-letters", "original_key"),
+        ("dead_letters", "citystream.DeadLetter", "dead-letter", "original_key"),
         ("sensor_health", "citystream.SensorHealth", "sensor-health", "sensor_id"),
     ):
         t_env.execute_sql(

@@ -88,5 +88,21 @@ def test_jobs_run_traffic_bounded(kafka) -> None:
         if r["key_kind"] == "zone" and r["metric"] == "flow_vph" and r["window_start"] == T0_MS
     ]
     assert [(r["key_id"], r["mean"]) for r in zone] == [("corridor-1", 27 * 60.0)]
-    dead = read("dead-letters", "citystream.DeadLetter")
+    dead = read("dead-letter", "citystream.DeadLetter")
     assert [(d["reason"], d["original_value"]) for d in dead] == [("undecodable", b"\xff\xfe not avro")]
+
+
+def test_job_arguments_after_the_separator_reach_the_job() -> None:
+    import argparse
+
+    from citystream.cli import build_parser
+    from citystream.jobscli import _job_args
+
+    want = ["--bounded", "--watermark-on-event", "--parallelism", "2"]
+    for argv in (
+        ["jobs", "run", "traffic", "--bounded", "--", "--watermark-on-event", "--parallelism", "2"],
+        ["jobs", "run", "--bounded", "traffic", "--", "--watermark-on-event", "--parallelism", "2"],
+        ["jobs", "submit", "--bounded", "traffic", "--watermark-on-event", "--parallelism", "2"],
+    ):
+        assert _job_args(build_parser().parse_args(argv)) == want, argv
+    assert _job_args(argparse.Namespace(bounded=False, job_args=[])) == []

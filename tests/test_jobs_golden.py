@@ -501,7 +501,7 @@ def outputs(request, kafka, inputs) -> dict[str, list[dict]]:
     return {
         "aggregates": _consume(settings, "aggregates", "citystream.WindowAggregate"),
         "late": _consume(settings, "late-events", "citystream.LateEvent"),
-        "dead": _consume(settings, "dead-letters", "citystream.DeadLetter"),
+        "dead": _consume(settings, "dead-letter", "citystream.DeadLetter"),
         "health": _consume(settings, "sensor-health", "citystream.SensorHealth"),
     }
 

@@ -218,7 +218,8 @@ def test_summary_counts_are_exact() -> None:
         elif (
             r.get("occupancy_pct", 0) > 100
             or r.get("voltage_v", 230) > 1000
-            or any(r.get(f) is not None and r[f] < -1 for f in ("pressure_bar", "flow_lps", "tank_level_m"))
+            or any(r.get(f) is not None and r[f] < -1 for f in ("pressure_bar", "tank_level_m"))
+            or abs(r.get("flow_lps") or 0) > 100_000
             or (r.get("ph") or 7) > 14
         ):
             impossible[domain] += 1
@@ -510,3 +511,19 @@ def test_fastavro_can_read_with_the_plain_schema_files() -> None:
         if topic.endswith("labels"):
             continue
         fastavro.schemaless_reader(io.BytesIO(value), schemas[topic.rsplit(".", 1)[1]])
+
+
+def test_late_readings_are_clean_undoubled_and_inside_the_run() -> None:
+    """So a pipeline's late count can equal ``late`` exactly (see Imperfector.delays)."""
+    from citystream.simulator.imperfections import Imperfector
+
+    rates = Rates(late=0.5, duplicates=0.5, watermark_s=30, late_max_s=300)
+    imp = Imperfector(10, 20_000, 100, rates, np.random.default_rng(3))
+    m = 4000
+    clean = np.arange(m) % 4 != 0  # every 4th reading poisoned
+    room = np.where(np.arange(m) % 3 == 0, 10_000, 10**9)  # every 3rd arrives near the run's end
+    delay, dup, _ = imp.delays(m, clean, room)
+    late = delay >= 60_000
+    assert late.sum() == imp.counts.late > 0
+    assert not (late & ~clean).any() and not (late & (delay > room)).any()
+    assert not (dup & late).any() and not (dup & ~clean).any() and dup.sum() == imp.counts.duplicates > 0

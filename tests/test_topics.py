@@ -260,3 +260,32 @@ def test_cli_create_and_list(
     listing = capsys.readouterr().out
     assert f"{prefix}sensor-health" in listing
     assert "compact" in listing
+
+
+def test_every_topic_a_job_reads_or_writes_is_in_the_spec() -> None:
+    """A job writing a topic the spec (and so the loader) does not know loses its output silently."""
+    import re
+
+    from citystream.settings import Settings
+    from jobs.common import Windows, build
+    from jobs.grid import GRID
+    from jobs.traffic import TRAFFIC
+    from jobs.water import WATER
+
+    class Capture:
+        def __init__(self) -> None:
+            self.ddl: list[str] = []
+
+        def execute_sql(self, ddl: str) -> None:
+            self.ddl.append(ddl)
+
+    settings = Settings(topic_prefix="t.")
+    t_env = Capture()
+    for domain in (GRID, TRAFFIC, WATER):
+        build(t_env, settings, domain, Windows(), bounded=True)  # type: ignore[arg-type]
+    used = {m for ddl in t_env.ddl for m in re.findall(r"'topic' = 't\.([^']+)'", ddl)}
+    source = (Path(__file__).parents[1] / "jobs" / "detect.py").read_text()
+    used |= set(re.findall(r'"(anomalies|alerts|sensor-health|aggregates)"', source))
+    spec = {s.suffix for s in load_spec()}
+    assert len(used) >= 9
+    assert used <= spec, used - spec

@@ -298,7 +298,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         from connectors.producer import ReadingProducer
 
         bootstrap = args.bootstrap or current.kafka_bootstrap
-        compression = prepare_topics(bootstrap, cfg.topic_prefix)
+        compression = prepare_topics(bootstrap, cfg.topic_prefix, current.topics_spec)
         with ReadingProducer(
             bootstrap, compression=compression, client_id="citystream-simulator"
         ) as producer:
@@ -314,8 +314,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare_topics(bootstrap: str, prefix: str) -> str:
-    """Create the topics declared in infra/topics.toml if missing; the readings topics' codec.
+def prepare_topics(bootstrap: str, prefix: str, spec: Path) -> str:
+    """Create the topics declared in the spec (infra/topics.toml) if missing; the readings topics' codec.
 
     Why here: producing to a missing topic would auto-create it with one
     partition and broker defaults, silently diverging from the spec. Producing
@@ -323,9 +323,9 @@ def prepare_topics(bootstrap: str, prefix: str) -> str:
     """
     from citystream import topics
 
-    topics.ensure_topics(bootstrap, prefix)
+    topics.ensure_topics(bootstrap, prefix, spec)
     codecs = {
-        s.configs.get("compression.type") for s in topics.load_spec() if s.suffix.startswith("readings.")
+        s.configs.get("compression.type") for s in topics.load_spec(spec) if s.suffix.startswith("readings.")
     }
     codec = codecs.pop() if len(codecs) == 1 else "lz4"
     return codec if codec in ("lz4", "zstd", "snappy", "gzip") else "lz4"

@@ -138,6 +138,10 @@ class _Queue:
     values: list[bytes] = field(default_factory=list)
 
 
+#: Poisoned ("impossible") water values where -42 would not be impossible.
+_IMPOSSIBLE_WATER = {"ph": 19.5, "flow_lps": 250_000.0}
+
+
 class _DomainRun:
     """One department's generator, imperfections, encoder and arrival queue."""
 
@@ -214,8 +218,9 @@ class _DomainRun:
                 mask = present[si]
                 if name != "pump_on":
                     values = np.where(nan & mask, np.nan, values)
-                    # impossible: negative pressure, level, flow, chlorine; pH beyond 14
-                    values = np.where(bad & mask, -42.0 if name != "ph" else 19.5, values)
+                    # impossible: negative pressure, level, turbidity, chlorine; pH beyond 14; a flow
+                    # beyond 100 m3/s (a negative flow is only a reversed one, not impossible)
+                    values = np.where(bad & mask, _IMPOSSIBLE_WATER.get(name, -42.0), values)
                 cols[name] = Nullable(values, mask)
             # a pump sensor carries a flow too, so every sensor type has a float to poison
         else:
@@ -301,7 +306,7 @@ class Simulation:
         values = run.encoder.encode(m, cols)
         for j in np.flatnonzero(poison == 1).tolist():
             values[j] = values[j][: len(values[j]) // 2]  # a strict prefix never decodes
-        delay, dup, dup_delay = run.imp.delays(m, poison == 0)
+        delay, dup, dup_delay = run.imp.delays(m, poison == 0, cfg.end_ms - true_ms)
         keys = [run.keys[i] for i in si.tolist()]
         dup_idx = np.flatnonzero(dup)
         deliver = np.concatenate([run.queue.deliver_ms, true_ms + delay, true_ms[dup_idx] + dup_delay])

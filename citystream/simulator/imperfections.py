@@ -9,7 +9,8 @@ Kinds (rates are shares of readings unless noted):
 * ``out_of_order``: delivered up to ``watermark_s`` late, i.e. after readings
   with later event times but still inside a bounded-out-of-orderness watermark;
 * ``late``: delivered between 2x ``watermark_s`` and ``late_max_s`` late, i.e.
-  behind the watermark;
+  behind the watermark (never a poisoned or duplicated reading, never after
+  the run's end);
 * ``duplicates``: the same bytes (same sensor_id + seq) delivered a second time;
 * ``gaps``: readings lost in transit in runs of 2-10 (seq skips them);
 * ``clock_skew``: share of *sensors* whose clock is off by 5-120 s for the whole run;
@@ -181,10 +182,20 @@ class Imperfector:
             self.counts.poison[name] += int((kinds == j).sum())
         return kinds
 
-    def delays(self, m: int, can_duplicate: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def delays(
+        self, m: int, clean: np.ndarray, room_ms: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(delay_ms per reading, duplicate mask, delay_ms of each duplicate).
 
-        Poisoned readings are never duplicated, so the dead-letter count equals the poison count.
+        ``clean`` marks readings that are not poisoned; ``room_ms`` is how late
+        each may arrive and still arrive within the run. Only clean readings
+        with room are delivered late, and late readings are never duplicated,
+        so that a pipeline's counts can be compared with these exactly: the
+        dead-letter count is the poison count, the late count is ``late``
+        (a late reading does not also hide among the dead letters or arrive
+        after a bounded job has stopped reading), the duplicate count is
+        ``duplicates``. Draws are the same whatever the masks, so a change of
+        masks never shifts the rest of a seeded run.
         """
         r = self.rates
         u = self.rng.random(m)
@@ -194,9 +205,13 @@ class Imperfector:
         w = int(r.watermark_s * 1000)
         delay[ooo] = self.rng.integers(1_000, max(w, 1_001) + 1, int(ooo.sum()))
         delay[late] = self.rng.integers(2 * w, int(r.late_max_s * 1000) + 1, int(late.sum()))
+        allowed = clean if room_ms is None else clean & (delay <= room_ms)
+        demoted = late & ~allowed
+        delay[demoted] = 0  # delivered on time instead
+        late &= allowed
         self.counts.out_of_order += int(ooo.sum())
         self.counts.late += int(late.sum())
-        dup = (self.rng.random(m) < r.duplicates) & can_duplicate
+        dup = (self.rng.random(m) < r.duplicates) & clean & ~late
         dup_delay = self.rng.integers(0, w + 1, int(dup.sum()))
         self.counts.duplicates += int(dup.sum())
         return delay, dup, dup_delay

@@ -565,6 +565,10 @@ def main_for(domain: Domain, argv: Sequence[str] | None = None) -> int:
         help="a watermark after every reading instead of every 200 ms: which readings count as late "
         "then depends only on the topic's order (replays, backtests), at some throughput cost",
     )  # fmt: skip
+    parser.add_argument(
+        "--from-savepoint", default=None, metavar="PATH",
+        help="resume from this savepoint when running locally (`flink run -s PATH` on a cluster)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     windows = Windows(
         tumble_s=args.tumble_s, hop_size_s=args.hop_size_s, hop_slide_s=args.hop_slide_s,
@@ -576,10 +580,16 @@ def main_for(domain: Domain, argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     os.environ.setdefault("CITYSTREAM_JOB_NAME", f"citystream-{domain.name}")
     t_env = job_environment(settings, parallelism=args.parallelism)
+    if args.from_savepoint:
+        t_env.get_config().set("execution.state-recovery.path", args.from_savepoint)
     sinks = build(
         t_env, settings, domain, windows, bounded=args.bounded, exactly_once=not args.at_least_once,
         watermark_on_event=args.watermark_on_event,
     )  # fmt: skip
     outputs = process(t_env, domain, t_env.from_path(f"{domain.name}_raw"), windows)
-    insert_all(t_env, outputs, sinks).wait()
+    from jobs.runtime import detached
+
+    result = insert_all(t_env, outputs, sinks)
+    if not detached():
+        result.wait()
     return 0

@@ -271,14 +271,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--config", type=Path, default=None, help="detection config (default infra/detection.toml)"
     )
+    parser.add_argument("--parallelism", type=int, default=None, help="default: the settings' parallelism")
+    parser.add_argument(
+        "--from-savepoint", default=None, metavar="PATH",
+        help="resume from this savepoint when running locally (`flink run -s PATH` on a cluster)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     # The config is read at every (re)start: edit infra/detection.toml, restart from a savepoint.
-    run(load_settings(), load_config(args.config), bounded=args.bounded)
+    run(
+        load_settings(), load_config(args.config), bounded=args.bounded, parallelism=args.parallelism,
+        savepoint=args.from_savepoint,
+    )  # fmt: skip
     return 0
 
 
-def run(settings: Any, config: DetectionConfig, *, bounded: bool, parallelism: int | None = None) -> None:
-    """aggregates topic -> ``detect`` -> anomalies, alerts and sensor-health topics (Avro, exactly-once)."""
+def run(
+    settings: Any,
+    config: DetectionConfig,
+    *,
+    bounded: bool,
+    parallelism: int | None = None,
+    savepoint: str | None = None,
+    wait: bool = True,
+) -> Any:
+    """aggregates topic -> ``detect`` -> anomalies, alerts and sensor-health topics (Avro, exactly-once).
+
+    ``savepoint`` restores every operator's state (detector baselines,
+    pending verdicts, Kafka offsets): the uids are fixed, so a rebuilt job
+    restores too. With ``wait=False`` the job is left running and its
+    ``TableResult`` returned (``get_job_client()`` stops it with a savepoint).
+    """
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
 
@@ -286,12 +308,14 @@ def run(settings: Any, config: DetectionConfig, *, bounded: bool, parallelism: i
     from jobs.sql import kafka_table
 
     env = StreamExecutionEnvironment.get_execution_environment()
-    configure(env, settings, parallelism=parallelism)
+    configure(env, settings, parallelism=parallelism, savepoint=savepoint, bounded=bounded)
     env.add_jars(*(j.as_uri() for j in connector_jars(settings)))
     t_env = StreamTableEnvironment.create(env)
     t_env.get_config().set("table.local-time-zone", "UTC")
     # A partition with no traffic must not hold every group's watermark (and alerts) back.
     t_env.get_config().set("table.exec.source.idle-timeout", "60 s")
+    # Stable uids for the SQL operators too (Kafka source offsets, sink transactions).
+    t_env.get_config().set("table.exec.uid.generation", "ALWAYS")
     lag_s = OUT_OF_ORDER_MS // 1000
     t_env.execute_sql(
         kafka_table(
@@ -335,10 +359,23 @@ def run(settings: Any, config: DetectionConfig, *, bounded: bool, parallelism: i
         )
         t_env.create_temporary_view(f"{kind}_json", t_env.from_data_stream(texts))
         statements.add_insert_sql(f"INSERT INTO {kind}_sink SELECT {_as_sql(cols)} FROM {kind}_json")
-    statements.execute().wait()
+    result = statements.execute()
+    from jobs.runtime import detached
+
+    if not wait or detached():
+        return result
+    result.wait()
+    return None
 
 
-def configure(env: Any, settings: Any = None, *, parallelism: int | None = None) -> None:
+def configure(
+    env: Any,
+    settings: Any = None,
+    *,
+    parallelism: int | None = None,
+    savepoint: str | None = None,
+    bounded: bool = False,
+) -> None:
     """Checkpointing and the Python worker settings measured in benchmarks (see the job's docstring).
 
     Checkpoints go to the file system under the run directory: the group
@@ -359,6 +396,12 @@ def configure(env: Any, settings: Any = None, *, parallelism: int | None = None)
     conf.set_string("python.state.cache-size", "10000")
     conf.set_string("execution.checkpointing.storage", "filesystem")
     conf.set_string("execution.checkpointing.dir", (s.run_dir / "flink" / "checkpoints" / "detect").as_uri())
+    conf.set_string("pipeline.name", os.environ.get("CITYSTREAM_JOB_NAME", "citystream-detect"))
+    if savepoint:
+        conf.set_string("execution.state-recovery.path", savepoint)
+    if bounded:  # a broken bounded run fails its caller instead of restarting forever
+        conf.set_string("restart-strategy.type", "fixed-delay")
+        conf.set_string("restart-strategy.fixed-delay.attempts", "2")
     env.configure(conf)
     env.enable_checkpointing(10_000)
     env.set_parallelism(parallelism or s.flink_parallelism)

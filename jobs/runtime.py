@@ -52,3 +52,22 @@ def table_environment(
         conf.set("restart-strategy.fixed-delay.delay", "2 s")
     conf.set("pipeline.name", os.environ.get("CITYSTREAM_JOB_NAME", "citystream"))
     return t_env
+
+
+def detached() -> bool:
+    """True under ``flink run --detached``: submit and return instead of waiting for the job.
+
+    Why ask the JVM: ``flink run`` hands the Python program an environment
+    configured with the CLI's target and ``execution.attached``; a job whose
+    ``main`` then called ``TableResult.wait()`` would keep the "detached"
+    client running as long as the job. Local runs (MiniCluster) always wait:
+    the job lives in this process.
+    """
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    env = jvm.org.apache.flink.streaming.api.environment.StreamExecutionEnvironment.getExecutionEnvironment()
+    conf = env.getConfiguration()
+    options = jvm.org.apache.flink.configuration.DeploymentOptions
+    target = conf.get(options.TARGET)
+    return target not in (None, "", "local") and not conf.get(options.ATTACHED)

@@ -84,7 +84,7 @@ def build(t_env: TableEnvironment, settings: Settings, *, bounded: bool, out_of_
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the slice: ``--bounded`` stops after the data present at start (demo, tests)."""
-    from jobs.runtime import table_environment
+    from jobs.runtime import detached, table_environment
 
     parser = argparse.ArgumentParser(prog="jobs.windows", description=__doc__)
     parser.add_argument("--bounded", action="store_true", help="stop at the offsets current at start")
@@ -94,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_env = table_environment(settings, bounded=args.bounded)
     build(t_env, settings, bounded=args.bounded)
     result = window_aggregates(t_env, t_env.from_path("grid_readings"), window_s=args.window_s)
-    result.execute_insert("aggregates").wait()
+    job = result.execute_insert("aggregates")
+    if not detached():
+        job.wait()
     return 0
 
 

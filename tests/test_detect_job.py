@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,27 +86,16 @@ def test_job_matches_pure_detection(parallelism: int) -> None:
     assert run_job(parallelism) == expected()
 
 
-def test_kafka_in_kafka_out_matches_pure_detection(kafka) -> None:
-    """aggregates topic -> jobs.detect.run -> anomalies/alerts/sensor-health topics, Avro both ways.
-
-    Each gauge gets a partition of its own and the topic is written gauge by
-    gauge (all of j01's windows, then j02's, then j03's): every partition is
-    in order, the topic as a whole is 40 windows out of order. Watermarks
-    made downstream of the source would call j02's and j03's rows late; the
-    source's per-partition watermarks must not.
-    """
-    from kafka import KafkaConsumer, KafkaProducer
+def _produce(settings, rows: list[dict]) -> None:
+    """Each gauge on a partition of its own, written gauge by gauge (see the Kafka test)."""
+    from kafka import KafkaProducer
 
     from citystream import contracts
-    from citystream.topics import ensure_topics
-    from jobs.detect import run
 
-    settings = kafka.settings_.replace(topic_prefix="detectjob.")
-    ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
+    gauges = sorted({r["key_id"] for r in scenario()})
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     try:
-        gauges = sorted({r["key_id"] for r in scenario()})
-        for r in sorted(scenario(), key=lambda r: (r["key_id"], r["window_start"])):
+        for r in sorted(rows, key=lambda r: (r["key_id"], r["window_start"])):
             rec = {**r, "late": 0, "duplicates": 0, "revision": 0}
             producer.send(
                 settings.topic("aggregates"),
@@ -113,35 +106,137 @@ def test_kafka_in_kafka_out_matches_pure_detection(kafka) -> None:
         producer.flush()
     finally:
         producer.close()
-    run(settings, load_config(), bounded=True, parallelism=2)
 
-    def consume(topic: str, record: str) -> list[dict]:
-        consumer = KafkaConsumer(
-            settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-            consumer_timeout_ms=5000, isolation_level="read_committed",
-        )  # fmt: skip
-        try:
-            got = [(m.key, contracts.decode(record, m.value)) for m in consumer]
-        finally:
-            consumer.close()
-        # Keyed like infra/topics.toml says (alerts and sensor-health are compacted: no key, no write).
-        key = {"alerts": "alert_id", "sensor-health": "sensor_id", "anomalies": "key_id"}[topic]
-        assert [k for k, _ in got] == [r[key].encode() for _, r in got]
-        return [r for _, r in got]
 
+def _consume(settings, topic: str, record: str) -> list[dict]:
+    """Committed records of a result topic, checking each is keyed as infra/topics.toml says."""
+    from kafka import KafkaConsumer
+
+    from citystream import contracts
+
+    consumer = KafkaConsumer(
+        settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+        consumer_timeout_ms=5000, isolation_level="read_committed",
+    )  # fmt: skip
+    try:
+        got = [(m.key, contracts.decode(record, m.value)) for m in consumer]
+    finally:
+        consumer.close()
+    # Keyed like infra/topics.toml says (alerts and sensor-health are compacted: no key, no write).
+    key = {"alerts": "alert_id", "sensor-health": "sensor_id", "anomalies": "key_id"}[topic]
+    assert [k for k, _ in got] == [r[key].encode() for _, r in got]
+    return [r for _, r in got]
+
+
+def _assert_outputs_match_pure(settings) -> None:
     want = Detection(load_config()).run(scenario())
 
     def norm(recs: list[dict]) -> list[str]:
         return sorted(json.dumps(r, sort_keys=True) for r in recs)
 
-    assert norm(consume("alerts", "citystream.Alert")) == norm(want["alerts"])
-    assert norm(consume("sensor-health", "citystream.SensorHealth")) == norm(want["health"])
-    got = consume("anomalies", "citystream.Anomaly")
+    assert norm(_consume(settings, "alerts", "citystream.Alert")) == norm(want["alerts"])
+    assert norm(_consume(settings, "sensor-health", "citystream.SensorHealth")) == norm(want["health"])
+    got = _consume(settings, "anomalies", "citystream.Anomaly")
     assert len(got) == len(want["anomalies"]) > 0
-    for g, w in zip(sorted(got, key=lambda a: (a["event_time"], a["key_id"], a["metric"])),
-                    sorted(want["anomalies"], key=lambda a: (a["event_time"], a["key_id"], a["metric"])),
-                    strict=True):  # fmt: skip
-        assert {k: g[k] for k in w if k not in ("score", "observed", "expected")} == {
-            k: w[k] for k in w if k not in ("score", "observed", "expected")
-        }
+    order = lambda a: (a["event_time"], a["key_id"], a["metric"])  # noqa: E731
+    for g, w in zip(sorted(got, key=order), sorted(want["anomalies"], key=order), strict=True):
+        exact = [k for k in w if k not in ("score", "observed", "expected")]
+        assert {k: g[k] for k in exact} == {k: w[k] for k in exact}
         assert g["score"] == pytest.approx(w["score"]) and g["observed"] == pytest.approx(w["observed"])
+
+
+def test_kafka_in_kafka_out_matches_pure_detection(kafka) -> None:
+    """aggregates topic -> jobs.detect.run -> anomalies/alerts/sensor-health topics, Avro both ways.
+
+    Each gauge gets a partition of its own and the topic is written gauge by
+    gauge (all of j01's windows, then j02's, then j03's): every partition is
+    in order, the topic as a whole is 40 windows out of order. Watermarks
+    made downstream of the source would call j02's and j03's rows late; the
+    source's per-partition watermarks must not.
+    """
+    from citystream.topics import ensure_topics
+    from jobs.detect import run
+
+    settings = kafka.settings_.replace(topic_prefix="detectjob.")
+    ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
+    _produce(settings, scenario())
+    run(settings, load_config(), bounded=True, parallelism=2)
+    _assert_outputs_match_pure(settings)
+
+
+@pytest.fixture(scope="module")
+def cluster(kafka, tmp_path_factory: pytest.TempPathFactory):
+    """The project's standalone Flink cluster (the one `citystream stack up` starts), on free ports."""
+    from citystream.proc import free_port
+    from citystream.stack import Flink
+
+    settings = kafka.settings_.replace(run_dir=tmp_path_factory.mktemp("flink"), flink_rest_port=free_port())
+    flink = Flink(settings)
+    flink.start()
+    try:
+        yield settings
+    finally:
+        flink.stop()
+
+
+def test_stop_with_savepoint_then_restore_equals_one_uninterrupted_run(cluster, tmp_path) -> None:
+    """Half the windows, ``jobs stop`` (a savepoint), ``jobs submit --from-savepoint``: as one run.
+
+    This is how a running job is upgraded. The savepoint carries every
+    detector's baseline, the verdicts waiting for the watermark (the job is
+    stopped without advancing it) and the Kafka offsets; a restore that lost
+    any of them would re-warm, drop or repeat records.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    from citystream.proc import wait_until
+    from citystream.topics import ensure_topics
+
+    settings = cluster.replace(topic_prefix="detectsp.", flink_parallelism=2)
+    env = {**os.environ, **settings.to_env()}
+    env.pop("PYFLINK_GATEWAY_DISABLED", None)  # set by the in-process jobs above
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "citystream"), "jobs", *args],
+            env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return done.stdout
+
+    ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
+
+    def wait_until_checkpointed_to_end() -> None:
+        """The source commits offsets when a checkpoint completes: all read, state checkpointed."""
+        topic = settings.topic("aggregates")
+        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        try:
+            ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(3)])
+
+            def done() -> bool:
+                got = admin.list_group_offsets("citystream-detect").get("citystream-detect", {})
+                return all(got.get(tp) is not None and got[tp].offset == end for tp, end in ends.items())
+
+            assert wait_until(done, 600, interval_s=1.0), "the job never checkpointed all of its input"
+        finally:
+            consumer.close()
+            admin.close()
+
+    rows = scenario()
+    cut = T0 + 22 * W  # inside j02's flat stretch and before j01's step
+    _produce(settings, [r for r in rows if r["window_start"] < cut])
+    cli("submit", "detect", "--detached")
+    wait_until_checkpointed_to_end()
+    savepoint = cli("stop", "detect", "--savepoint-dir", str(tmp_path / "sp")).strip()
+    assert savepoint.startswith("file:") and "savepoint-" in savepoint
+
+    # The upgrade: the same job from the savepoint, reading on where the first stopped. Restored
+    # Kafka splits keep the unbounded end they were read with, so this run is stopped by hand,
+    # draining: every window still open is judged, as at the end of one uninterrupted run.
+    _produce(settings, [r for r in rows if r["window_start"] >= cut])
+    cli("submit", "detect", "--detached", "--from-savepoint", savepoint)
+    wait_until_checkpointed_to_end()
+    cli("stop", "detect", "--drain", "--savepoint-dir", str(tmp_path / "sp"))
+    _assert_outputs_match_pure(settings)

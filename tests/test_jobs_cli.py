@@ -105,4 +105,8 @@ def test_job_arguments_after_the_separator_reach_the_job() -> None:
         ["jobs", "submit", "--bounded", "traffic", "--watermark-on-event", "--parallelism", "2"],
     ):
         assert _job_args(build_parser().parse_args(argv)) == want, argv
+    ns = build_parser().parse_args(
+        ["jobs", "submit", "detect", "--detached", "--from-savepoint", "/sp", "--", "-x"]
+    )
+    assert _job_args(ns) == ["-x"] and ns.detached and ns.from_savepoint == "/sp" and not ns.bounded
     assert _job_args(argparse.Namespace(bounded=False, job_args=[])) == []

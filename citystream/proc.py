@@ -124,3 +124,28 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return f"(no log at {path})"
+
+
+#: What a process that ran a PyFlink job in-process (loopback mode) carries in its environment.
+#: A child that inherited PYTHON_LOOPBACK_SERVER_ADDRESS would run its Python functions in the
+#: parent's worker pool, which then takes over the child's variables (FLINK_CONF_DIR of a
+#: cluster ...): seen as a later local job failing with "bin/java" not found.
+PYFLINK_PROCESS_VARS = (
+    "PYFLINK_GATEWAY_DISABLED",
+    "PYTHON_LOOPBACK_SERVER_ADDRESS",
+    "_PYFLINK_CONN_INFO_PATH",
+    "_PYTHON_WORKER_MEMORY_LIMIT",
+    "BOOT_LOG_DIR",
+    "SEMI_PERSISTENT_DIRECTORY",
+    "WORKER_ID",
+    "PIPELINE_OPTIONS",
+    "FLINK_INHERITED_LOGS",
+    "FLINK_CONF_DIR",
+)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a child process, minus PyFlink's in-process state."""
+    env = {k: v for k, v in os.environ.items() if k not in PYFLINK_PROCESS_VARS}
+    env.update(extra or {})
+    return env

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -288,9 +287,7 @@ class Flink(Service):
     def env(self) -> dict[str, str]:
         """Environment for the bundled ``bin/`` scripts (also used by ``flink run``)."""
         venv_bin = str(Path(sys.executable).parent)
-        env = dict(os.environ)
-        # Set in a process that ran a local PyFlink job in loopback mode; a child must not inherit it.
-        env.pop("PYFLINK_GATEWAY_DISABLED", None)
+        env = proc.child_env()
         env.update(
             FLINK_HOME=str(self.home()),
             FLINK_CONF_DIR=str(self.dir / "conf"),
@@ -402,7 +399,7 @@ class Store(Service):
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 # The loader inside must find the same broker, topics and database as this stack.
-                env={**os.environ, **self.settings.to_env()},
+                env=proc.child_env(self.settings.to_env()),
             )
 
     def healthy(self) -> bool:

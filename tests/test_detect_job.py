@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from citystream.alerts import Detection, load_config
+from citystream.proc import child_env
 
 pytestmark = pytest.mark.integration
 
@@ -194,8 +194,7 @@ def test_stop_with_savepoint_then_restore_equals_one_uninterrupted_run(cluster, 
     from citystream.topics import ensure_topics
 
     settings = cluster.replace(topic_prefix="detectsp.", flink_parallelism=2)
-    env = {**os.environ, **settings.to_env()}
-    env.pop("PYFLINK_GATEWAY_DISABLED", None)  # set by the in-process jobs above
+    env = child_env(settings.to_env())  # without the in-process PyFlink state of earlier tests
 
     def cli(*args: str) -> str:
         done = subprocess.run(

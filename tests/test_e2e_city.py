@@ -23,7 +23,6 @@ simulator delayed it past that bound.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from citystream.proc import child_env
 from citystream.settings import ROOT
 
 pytestmark = pytest.mark.integration
@@ -73,8 +73,7 @@ def city(kafka, store, tmp_path_factory: pytest.TempPathFactory) -> dict:
     ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec)
     migrate(settings)
 
-    env = {**os.environ, **settings.to_env()}
-    env.pop("PYFLINK_GATEWAY_DISABLED", None)  # set by earlier in-process PyFlink tests
+    env = child_env(settings.to_env())  # without the in-process PyFlink state of earlier tests
     summary_file = tmp / "summary.json"
     done = subprocess.run(
         [_cli(), "simulate", *SIM, "--summary-json", str(summary_file), "--labels-file", str(tmp / "lb")],

@@ -8,12 +8,13 @@ golden tests bypass by calling the pure function.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from citystream.proc import child_env
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +43,7 @@ def test_jobs_run_traffic_bounded(kafka) -> None:
         producer.send(topic, "citystream.TrafficReading", _traffic("t1", 20, 2, 3))
         producer.send_encoded(topic, b"t1", b"\xff\xfe not avro")
 
-    env = {**os.environ, **settings.to_env()}
-    # An earlier in-process PyFlink job (loopback mode) leaves this set; the CLI is a fresh client.
-    env.pop("PYFLINK_GATEWAY_DISABLED", None)
+    env = child_env(settings.to_env())  # without the in-process PyFlink state of earlier tests
     cli = Path(sys.executable).parent / "citystream"
     done = subprocess.run(
         [str(cli), "jobs", "run", "traffic", "--bounded"],

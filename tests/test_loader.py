@@ -485,9 +485,16 @@ def test_every_topic_lands_and_bad_records_become_dead_letters(kafka, store) -> 
     try:
         for suffix, (_, table) in ROUTES.items():
             expected = len([v for _, v in records[suffix] if v is not None])
+            final = ""
             if suffix == "aggregates":
-                expected -= len(garbage)
-            got = client.command(f"SELECT count() FROM {table}")
+                # Revisions of one window share its key: a background merge may already have kept
+                # only the highest, so count windows (FINAL), not rows.
+                good = [v for v in records[suffix] if v not in garbage]
+                decoded = [contracts.decode("citystream.WindowAggregate", v) for _, v in good]
+                key = ("domain", "key_kind", "key_id", "metric", "window_start", "window_end")
+                expected = len({tuple(d[k] for k in key) for d in decoded})
+                final = " FINAL"
+            got = client.command(f"SELECT count() FROM {table}{final}")
             assert int(got) >= expected, table
         # The dead letters went to the topic with their reason; a second pass loads them from there.
         load(settings, until_end=True, group_id="once")

@@ -52,3 +52,14 @@ def test_missing_setup_is_named(tmp_path: Path) -> None:
     settings = Settings(run_dir=tmp_path, jars_dir=tmp_path / "nojars", kafka_port=proc.free_port())
     with pytest.raises(UserError, match="make setup"):
         Kafka(settings).start()
+
+
+def test_children_never_inherit_pyflink_in_process_state(monkeypatch) -> None:
+    from citystream.proc import PYFLINK_PROCESS_VARS, child_env
+
+    for var in PYFLINK_PROCESS_VARS:
+        monkeypatch.setenv(var, "from an in-process job")
+    monkeypatch.setenv("CITYSTREAM_KEEP_ME", "1")
+    env = child_env({"CITYSTREAM_TOPIC_PREFIX": "x."})
+    assert not set(PYFLINK_PROCESS_VARS) & set(env)
+    assert env["CITYSTREAM_KEEP_ME"] == "1" and env["CITYSTREAM_TOPIC_PREFIX"] == "x."

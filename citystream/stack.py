@@ -437,8 +437,14 @@ def up(settings: Settings, echo=print) -> None:
     for svc in services(settings):
         echo(f"{svc.name:6} ... ", end="", flush=True)
         echo(f"{svc.start()} (port {svc.port})")
-    if not settings.embedded_store:
-        echo(f"store  ... external ClickHouse at {settings.clickhouse_url}")
+    if settings.embedded_store:
+        # Ours to keep current, like the topics: `up` leaves a store the jobs and loader can use.
+        from citystream.store.migrate import migrate
+
+        applied = migrate(settings)
+        echo(f"schema {len(applied)} migration(s) applied" if applied else "schema up to date")
+    else:
+        echo(f"store  ... external ClickHouse at {settings.clickhouse_url} (`citystream store migrate`)")
     from citystream.topics import ensure_topics
 
     changes = ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec)

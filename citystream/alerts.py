@@ -20,6 +20,17 @@ Two stages, because they are keyed differently:
    (open -> update -> resolve, with hysteresis, a quiet period and a
    cooldown), grouping related anomalies by family and place so one leak is
    one alert and a stuck sensor is one ``sensor_fault`` alert at most.
+
+   The group sees every sensor of a place in the same window, so this is
+   where physics is checked (``citystream.detect.physics`` holds the
+   learned relations): a loop's speed against its own occupancy (the
+   fundamental diagram), vehicles conserved between adjacent stations, a
+   junction's pressure against its DMA's inlet flow and tank (head loss),
+   the tank's level against its pump and inlet flows (mass balance), a
+   pump's status against its flow, a meter's P against V x I x PF, every
+   meter's frequency against the grid's, and a feeder's share of its bus
+   current. A relation a single sensor breaks is that sensor's fault (a
+   health event); one the world breaks is evidence of an event.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from typing import Any
 
 from citystream.detect.base import is_missing, tail_score
 from citystream.detect.health import NeighbourDrift
+from citystream.detect.physics import LinearDrift, LoopSpeedCheck, RelationDrift
 from citystream.errors import UserError
 
 #: Where the job and the report read their configuration by default.
@@ -49,6 +61,8 @@ _CLIP = 3.0
 OK, FLAT, OUT_OF_RANGE = "ok", "flat", "out_of_range"
 #: Forgetting factor of the tank balance's recursive least squares (memory ~ 1 / (1 - lambda) windows).
 _RLS_LAMBDA = 0.998
+#: A road runs freely while every lane keeps this share of its learned free-flow speed.
+_FREE_FLOW_SHARE = 0.85
 
 
 # --------------------------------------------------------------------------- configuration
@@ -77,7 +91,12 @@ class MetricRule:
     drift_warmup: int = 120
     drift_min_count: float = 1.0
     balance_z: float = 0.0
-    drift_max_occupancy: float = 8.0
+    relation_tolerance: float = 0.0
+    relation_k: float = 5.0
+    relation_halflife: float = 3.0
+    relation_warmup: int = 30
+    relation_floor: float = 0.0
+    relation_memory: float = 360.0
     low: float | None = None
     high: float | None = None
     rule_low: float | None = None
@@ -261,6 +280,9 @@ class MetricDetector:
             "window_start": int(row["window_start"]),
             "window_end": w_end,
             "observed": mean,
+            "min": lo,
+            "max": hi,
+            "samples": row.get("samples"),
             "expected": None,
             "z": 0.0,
             "lz": 0.0,
@@ -293,11 +315,18 @@ class MetricDetector:
         tol = 1e-9 * max(1.0, abs(mean))
         flat_now = hi - lo <= tol and state["last"] is not None and abs(mean - state["last"]) <= tol
         if r.zero_is_normal and abs(mean) <= tol:
+            # an empty road reads 0 for hours: not stuck by itself, but no evidence against a
+            # sensor whose other channels froze (stage 2 decides from all of them)
+            new["zf"] = state.get("zf", 0) + 1 if flat_now else 0
+            verdict["zero_flat"] = bool(r.stuck_windows) and new["zf"] + 1 >= r.stuck_windows
             flat_now = False
+        else:
+            new.pop("zf", None)
         new["flat"] = state["flat"] + 1 if flat_now else 0
         new["last"] = mean
         if r.stuck_windows and new["flat"] + 1 >= r.stuck_windows:
             verdict["health"] = FLAT
+            verdict["flat_windows"] = new["flat"] + 1
             verdict["note"] = f"{r.name} flat at {_fmt(mean)} for {new['flat'] + 1} windows"
             return new, verdict
         recovered = r.stuck_windows and state["flat"] + 1 >= r.stuck_windows
@@ -436,6 +465,8 @@ def _kind(domain: str, family: str, evidence: Sequence[Mapping[str, Any]]) -> st
         return "electrical_anomaly"
     if domain == "water":
         names = {m for m, _ in metrics}
+        if any(a.get("detector") == "pump-v1" for a in evidence):
+            return "pump_failure"
         if names & {"turbidity_ntu", "chlorine_mgl", "ph"}:
             return "water_quality"
         if "tank_level_m" in names:
@@ -487,15 +518,15 @@ class GroupEngine:
             by_sensor.setdefault(v["key_id"], []).append(v)
 
         # -- 1. health per sensor, from all its metrics together (and against its neighbours)
-        drifting = self._drift(domain, by_sensor, st)
+        drifting, ignored = self._drift(domain, by_sensor, st)
         faults: dict[str, str] = {}
         for sid, vs in by_sensor.items():
             checked = [v for v in vs if (r := cfg.rule(domain, v["metric"])) is not None and r.stuck_windows]
             oor = [v for v in vs if v["health"] == OUT_OF_RANGE]
             if oor:
                 status, detail = "out_of_range", oor[0]["note"]
-            elif checked and all(v["health"] == FLAT for v in checked):
-                status, detail = "stuck", "; ".join(v["note"] for v in checked)
+            elif self._stuck(domain, checked):
+                status, detail = "stuck", "; ".join(v["note"] for v in checked if v["health"] == FLAT)
             elif sid in drifting:
                 status, detail = "drift", drifting[sid]
             else:
@@ -515,6 +546,8 @@ class GroupEngine:
             if st["sensors"][sid]["status"] != OK:
                 continue  # muted: a broken sensor raises one health event, not a flood
             for v in vs:
+                if (sid, v["metric"]) in ignored:
+                    continue  # disagrees with the physics of its place this window: not evidence
                 fam = family_and_locus(domain, v["metric"], sid)
                 if v["anomalous"]:
                     evidence.setdefault(fam, []).append(v)
@@ -524,11 +557,18 @@ class GroupEngine:
         self._coherent(domain, by_sensor, st, evidence, alive, window_end, out)
         if domain == "water":
             self._tank_balance(by_sensor, st, evidence, alive, window_end, out)
+            self._pump_delivery(by_sensor, st, evidence, alive, window_end, out)
+        if domain == "traffic":
+            self._flow_conservation(by_sensor, st, evidence, alive, window_end, out)
+        if domain == "grid":
+            self._feeder_share(by_sensor, st, evidence, alive, window_end, out)
         for fam, ev in sorted(evidence.items()):
             self._grow(st, domain, fam, ev, window_end, out)
         for fam_s in sorted(faults.values()):
             if fam_s:
                 alive.add(tuple(fam_s.split("|", 1)))  # type: ignore[arg-type]
+                if fam_s in st["open"]:
+                    st["open"][fam_s]["last_seen"] = window_end  # the fault is still seen
 
         # -- 3. resolve incidents that went quiet (hysteresis: weak evidence keeps them open)
         for akey in sorted(st["open"]):
@@ -553,20 +593,63 @@ class GroupEngine:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _settled(self, st: Mapping[str, Any], sid: str, window_end: int) -> bool:
+        """Healthy, and not in its first two windows back from a fault.
+
+        Why: the window a frozen or silent sensor comes back in averages
+        frozen and live readings, and a check over consecutive windows (a
+        level change, a run of a pump) would read that average as an event.
+        """
+        s = st["sensors"].get(sid)
+        return s is None or (s["status"] == OK and s["since"] < window_end - self.config.window_ms)
+
+    def _stuck(self, domain: str, checked: Sequence[Mapping[str, Any]]) -> bool:
+        """Every channel of the sensor frozen.
+
+        Stage 1 calls a channel flat when a window repeats the previous one
+        exactly (``stuck_windows``). Two shortcuts and one extension, all
+        from the sensor's channels together: several live channels (speed
+        and occupancy, voltage and current) each repeating one value in every
+        reading of a window cannot be noise, so that is stuck at once; a
+        count frozen at 0 next to an occupancy frozen at 1.7 % is frozen too
+        (an empty road reads 0 %, not 1.7 %), but a lone live channel that
+        repeated itself is weaker evidence, so that case needs one window more.
+        """
+        flat = [v for v in checked if v["health"] == FLAT]
+        if flat and len(flat) == len(checked):
+            return True
+        frozen = [v for v in checked if (v.get("samples") or 0) >= 3 and v.get("min") == v.get("max")]
+        if len(frozen) == len(checked) and sum(1 for v in frozen if v["observed"] != 0) >= 2:
+            return True
+        if not flat or not all(v["health"] == FLAT or v.get("zero_flat") for v in checked):
+            return False
+        need = [r.stuck_windows + 1 for v in flat if (r := self.config.rule(domain, v["metric"])) is not None]
+        return all(v.get("flat_windows", 0) >= n for v, n in zip(flat, need, strict=True))
+
     def _drift(
         self, domain: str, by_sensor: Mapping[str, Sequence[Mapping[str, Any]]], st: dict[str, Any]
-    ) -> dict[str, str]:
-        """Sensors whose log-ratio to their place's median has left its learned band.
+    ) -> tuple[dict[str, str], set[tuple[str, str]]]:
+        """Sensors that disagree with their place or with physics: (drifting sensors, ignored verdicts).
 
-        Why log ratio: sensors of one place share the world (a DMA's demand, a
-        substation's voltage, a zone's traffic) but not a calibration fault,
+        Why log ratio to the neighbours: sensors of one place share the world
+        (a DMA's demand, a substation's voltage) but not a calibration fault,
         and they differ by a factor (elevation, road class), so the ratio to
         the neighbours' median is what stays put. ``NeighbourDrift`` learns its
         usual value and spread over ``drift_warmup`` windows, then freezes them.
+        Loops are judged against their own occupancy and count instead, grid
+        meters against V x I x PF and the grid's one frequency (see the
+        helpers). Ignored verdicts are a single meter's frequency that the
+        rest of the grid does not see: a metering problem, not a grid event.
         """
         pools: dict[str, list[tuple[str, float]]] = {}
         states = st.setdefault("drift", {})
         out: dict[str, str] = {}
+        ignored: set[tuple[str, str]] = set()
+        if domain == "grid":
+            self._power_relation(by_sensor, states, out)
+            ignored = self._frequency_agreement(by_sensor, states, out)
+        if domain == "water":
+            self._pressure_relation(by_sensor, states, out)
         for sid, vs in by_sensor.items():
             if domain == "traffic":
                 self._speed_physics(sid, vs, states, out)
@@ -589,23 +672,339 @@ class GroupEngine:
                 key = f"{sid}|{metric}"
                 ds, drifting, _ = nd.step(states.get(key) or nd.init(), 0, x, others)
                 states[key] = ds
-                if drifting:
+                if drifting and sid not in out:
                     pct = 100.0 * (math.exp(ds["e"] - ds["m"]) - 1.0)
                     out[sid] = f"{metric} drifted {pct:+.1f} % against its neighbours"
-        return out
+        return out, ignored
+
+    def _relation(self, r: MetricRule) -> RelationDrift:
+        return RelationDrift(
+            r.relation_tolerance,
+            k=r.relation_k,
+            halflife=r.relation_halflife,
+            warmup=r.relation_warmup,
+            floor=r.relation_floor,
+            memory=r.relation_memory,
+        )
+
+    def _power_relation(
+        self,
+        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
+        states: dict[str, Any],
+        out: dict[str, str],
+    ) -> None:
+        """A meter's active power against V x I x PF from the same meter.
+
+        Why: the four channels are one physical law (P = k V I PF, k set by
+        the wiring and learned), so a voltage or current channel that drifts
+        shows as a residual long before it leaves any operating band - and
+        feeder events (sags, overloads, imbalance) move all four together and
+        leave it alone. Window means of a product are not the product of the
+        means when the channels swing within the window; the swing (from
+        min/max) bounds that error and is added to the window's variance.
+        """
+        r = self.config.rule("grid", "active_power_kw")
+        if r is None or r.relation_tolerance <= 0:
+            return
+        rel = self._relation(r)
+        names = ("active_power_kw", "voltage_v", "current_a", "power_factor")
+        for sid in sorted(by_sensor):
+            by_metric = {v["metric"]: v for v in by_sensor[sid]}
+            vs = [by_metric.get(m) for m in names]
+            if any(v is None or v["health"] != OK or v["observed"] is None for v in vs):
+                continue
+            p, volt, amp, pf = (v["observed"] for v in vs)  # type: ignore[index]
+            if min(p, volt, amp, pf) <= 0:
+                continue
+            swing = [
+                (v.get("max", v["observed"]) - v.get("min", v["observed"])) / v["observed"]  # type: ignore[index]
+                for v in vs[1:]
+            ]
+            bound = (swing[0] * swing[1] + swing[0] * swing[2] + swing[1] * swing[2]) / 4.0
+            key = f"{sid}|power"
+            t = int(vs[0]["window_end"]) // self.config.window_ms  # type: ignore[index]
+            ds, res = rel.step(
+                states.get(key) or rel.init(), t, math.log(p * 1000.0 / (volt * amp * pf)), bound**2
+            )
+            states[key] = ds
+            if res is not None and res.flagged:
+                out[sid] = (
+                    f"active power {100.0 * (math.exp(res.bias) - 1.0):+.2f} % off V x I x PF "
+                    f"(P {p:.4g} kW, V {volt:.4g} V, I {amp:.4g} A, PF {pf:.3g})"
+                )
+
+    def _pressure_relation(
+        self,
+        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
+        states: dict[str, Any],
+        out: dict[str, str],
+    ) -> None:
+        """Each junction's pressure against its DMA's inlet flow and tank level (hydraulics).
+
+        Why not the neighbours' median: pressures of a DMA are affine, not
+        proportional, in the head loss (elevations differ), and the median of
+        a set whose members come and go (a gauge muted) jumps - both need a
+        wide tolerance. The law itself - static head - k x flow^1.852 + tank
+        head - is linear in what is unknown, so ``LinearDrift`` learns it per
+        junction and a gauge drifting by 2 % stands out within minutes. A
+        leak moves inlet flow and pressures along the law. The flow is scaled
+        by the first value seen (kept in the state), for a well-conditioned fit.
+        """
+        r = self.config.rule("water", "pressure_bar")
+        if r is None or r.relation_tolerance <= 0:
+            return
+        inlet = level = None
+        for sid in sorted(by_sensor):
+            for v in by_sensor[sid]:
+                if v["metric"] == "flow_lps" and sid.endswith("-flow"):
+                    inlet = v
+                elif v["metric"] == "tank_level_m":
+                    level = v
+        if inlet is None or inlet["health"] != OK or inlet["observed"] is None or inlet["observed"] <= 0:
+            return
+        if level is not None and (level["health"] != OK or level["observed"] is None):
+            return
+        ref = states.setdefault("water|flow_ref", inlet["observed"])
+        x = [1.0, (inlet["observed"] / ref) ** 1.852] + ([level["observed"]] if level is not None else [])
+        law = LinearDrift(
+            r.relation_tolerance,
+            k=r.relation_k,
+            halflife=r.relation_halflife,
+            warmup=r.relation_warmup,
+            floor=r.relation_floor,
+        )
+        t = int(inlet["window_end"]) // self.config.window_ms
+        for sid in sorted(by_sensor):
+            v = next((v for v in by_sensor[sid] if v["metric"] == "pressure_bar"), None)
+            if v is None or v["health"] != OK or v["observed"] is None:
+                continue
+            key = f"{sid}|pressure_law"
+            prev = states.get(key)
+            if prev is None or len(prev["b"]) != len(x):
+                prev = law.init(len(x))  # first window, or the DMA gained/lost its tank gauge
+            ds, res = law.step(prev, t, v["observed"], x)
+            states[key] = ds
+            if res is not None and res.flagged and sid not in out:
+                out[sid] = (
+                    f"pressure_bar reads {100.0 * res.bias:+.1f} % against what the DMA's inlet flow "
+                    f"and tank level imply ({res.z:+.1f} sd)"
+                )
+
+    def _frequency_agreement(
+        self,
+        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
+        states: dict[str, Any],
+        out: dict[str, str],
+    ) -> set[tuple[str, str]]:
+        """Each meter's frequency against the median of all of them: a synchronous grid has one.
+
+        Why: a frequency excursion is the whole grid's; one meter reading
+        50.3 Hz while the others read 50.0 has a metering fault (or has
+        islanded). Its frequency is no evidence of a grid event in that
+        window, and if it persists the meter is flagged. Needs three meters
+        to vote.
+        """
+        r = self.config.rule("grid", "frequency_hz")
+        if r is None or r.relation_tolerance <= 0:
+            return set()
+        freq = {
+            sid: v
+            for sid, vs in by_sensor.items()
+            for v in vs
+            if v["metric"] == "frequency_hz" and v["health"] == OK and v["observed"] is not None
+        }
+        if len(freq) < 3:
+            return set()
+        values = sorted(v["observed"] for v in freq.values())
+        mid = len(values) // 2
+        med = values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+        rel = self._relation(r)
+        ignored: set[tuple[str, str]] = set()
+        for sid in sorted(freq):
+            v = freq[sid]
+            off = v["observed"] - med
+            if abs(off) > r.relation_tolerance:
+                ignored.add((sid, "frequency_hz"))
+            key = f"{sid}|frequency"
+            ds, res = rel.step(
+                states.get(key) or rel.init(), int(v["window_end"]) // self.config.window_ms, off
+            )
+            states[key] = ds
+            if res is not None and res.flagged and sid not in out:
+                out[sid] = (
+                    f"frequency_hz reads {res.bias * 1000:+.0f} mHz against the grid ({len(freq)} meters)"
+                )
+        return ignored
+
+    def _feeder_share(
+        self,
+        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
+        st: dict[str, Any],
+        evidence: dict[tuple[str, str], list[Mapping[str, Any]]],
+        alive: set[tuple[str, str]],
+        window_end: int,
+        out: dict[str, list[dict[str, Any]]],
+    ) -> None:
+        """A feeder phase's share of its substation's bus current (Kirchhoff: the bus carries the sum).
+
+        Why the share and not the current: every feeder follows the city's
+        daily load curve, so a feeder's own current climbs for hours every
+        evening and a level model lags it; its share of the bus moves only
+        as its customers' mix differs from the rest (slowly, learned with a
+        short memory). An overload - or one phase taking another's load -
+        raises the share by a third within minutes. Evidence for the
+        substation's electrical family; a share that falls is the other side
+        of someone else's event and is not reported.
+        """
+        r = self.config.rule("grid", "current_a")
+        if r is None or r.relation_tolerance <= 0:
+            return
+        cur: dict[str, Mapping[str, Any]] = {}
+        for sid in sorted(by_sensor):
+            if not self._settled(st, sid, window_end):
+                continue
+            for v in by_sensor[sid]:
+                if v["metric"] == "current_a" and v["health"] == OK and v["observed"] and v["observed"] > 0:
+                    cur[sid] = v
+        rel = self._relation(r)
+        states = st.setdefault("drift", {})
+        for sid in sorted(cur):
+            parts = sid.split("-")
+            bus = cur.get(f"{parts[0]}-{parts[1]}-bus") if len(parts) == 4 else None
+            if bus is None:
+                continue
+            v = cur[sid]
+            key = f"{sid}|share"
+            share = v["observed"] / bus["observed"]
+            ds, res = rel.step(
+                states.get(key) or rel.init(), window_end // self.config.window_ms, math.log(share)
+            )
+            states[key] = ds
+            if res is None or not res.flagged or res.bias <= 0:
+                continue
+            fam = family_and_locus("grid", "current_a", sid)
+            alive.add(fam)
+            pct = 100.0 * (math.exp(res.bias) - 1.0)
+            note = (
+                f"current_a {v['observed']:.4g} A is {100.0 * share:.1f} % of its substation's bus, "
+                f"{pct:+.0f} % on its usual share ({res.z:+.1f} sd)"
+            )
+            v0 = {
+                "key_id": sid,
+                "metric": "current_a",
+                "window_start": v["window_start"],
+                "window_end": window_end,
+                "observed": v["observed"],
+                "expected": bus["observed"] * math.exp(ds["c"]),
+                "z": res.z,
+                "score": tail_score(3.0 * res.z / rel.k),
+                "detector": "share-v1",
+                "severity": "critical" if res.bias >= 2 * rel.tolerance else "warning",
+                "note": note,
+            }
+            out["anomalies"].append(self._anomaly("grid", v0))
+            evidence.setdefault(fam, []).append(v0)
+
+    def _flow_conservation(
+        self,
+        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
+        st: dict[str, Any],
+        evidence: dict[tuple[str, str], list[Mapping[str, Any]]],
+        alive: set[tuple[str, str]],
+        window_end: int,
+        out: dict[str, list[dict[str, Any]]],
+    ) -> None:
+        """Vehicles counted at a station against those counted at the next one downstream.
+
+        Why: between two loops of a road vehicles are conserved (up to ramps
+        and the queue stored between them, which the learned ratio absorbs).
+        A blockage between them shows as a persistent deficit downstream
+        *while the downstream road runs freely* - traffic that is starved,
+        not queued. Congestion downstream also lowers its count, but slows
+        it, so a downstream that is itself slowed is not a blockage. Stations
+        are numbered along the road (``traffic-z03-s006-l1``); a station is
+        used only when every lane it reported is healthy. Evidence for the
+        zone's traffic family, naming both stations' loops.
+        """
+        r = self.config.rule("traffic", "vehicle_count")
+        if r is None or r.relation_tolerance <= 0:
+            return
+        stations: dict[tuple[str, int], dict[str, Any]] = {}
+        for sid in sorted(by_sensor):
+            parts = sid.split("-")
+            try:
+                key = (parts[1], int(parts[2].lstrip("s")))
+            except (IndexError, ValueError):
+                continue
+            s = stations.setdefault(key, {"vehicles": 0.0, "free": [], "lanes": [], "ok": True})
+            healthy = self._settled(st, sid, window_end)
+            by_metric = {v["metric"]: v for v in by_sensor[sid]}
+            cnt = by_metric.get("vehicle_count")
+            if not healthy or cnt is None or cnt["health"] != OK or cnt["observed"] is None:
+                s["ok"] = False
+                continue
+            s["vehicles"] += cnt["observed"] * (cnt.get("samples") or 1)
+            s["lanes"].append(sid)
+            sp = by_metric.get("mean_speed_kmh")
+            loop = st.get("drift", {}).get(f"{sid}|mean_speed_kmh")
+            vff = LoopSpeedCheck().free_flow_speed(loop) if loop else None
+            if sp is not None and sp["health"] == OK and sp["observed"] and vff:
+                s["free"].append(sp["observed"] / vff)
+        rel = self._relation(r)
+        states = st.setdefault("drift", {})
+        for (zone, n), up in sorted(stations.items()):
+            dn = stations.get((zone, n + 1))
+            if dn is None or not (up["ok"] and dn["ok"]) or up["vehicles"] < 3.0:
+                continue
+            q_up, q_dn = up["vehicles"] + 0.5, dn["vehicles"] + 0.5
+            key = f"{zone}-s{n:03d}>s{n + 1:03d}|flow"
+            ds, res = rel.step(
+                states.get(key) or rel.init(), window_end // self.config.window_ms, math.log(q_dn / q_up),
+                1.0 / q_up + 1.0 / q_dn,
+            )  # fmt: skip
+            states[key] = ds
+            if res is None or not res.flagged or res.bias >= 0:
+                continue
+            if not dn["free"] or min(dn["free"]) < _FREE_FLOW_SHARE:
+                continue  # the downstream road is slowed: a queue there, not starvation
+            fam = ("traffic", f"traffic-{zone}")
+            alive.add(fam)
+            share = 100.0 * (1.0 - math.exp(res.bias))
+            note = (
+                f"station s{n + 1:03d} counts {share:.0f} % fewer vehicles than s{n:03d} upstream "
+                f"usually sends it ({res.z:+.1f} sd) while it runs freely: blocked between them"
+            )
+            v0 = {
+                "key_id": f"traffic-{zone}-s{n:03d}",
+                "metric": "vehicle_count",
+                "window_start": window_end - self.config.window_ms,
+                "window_end": window_end,
+                "observed": dn["vehicles"],
+                "expected": q_up * math.exp(ds["c"]) - 0.5,
+                "z": res.z,
+                "score": tail_score(3.0 * res.z / rel.k),
+                "detector": "conservation-v1",
+                "severity": "warning",
+                "note": note,
+            }
+            anomaly = self._anomaly("traffic", v0)
+            anomaly["key_kind"] = "site"
+            out["anomalies"].append(anomaly)
+            for sid in up["lanes"] + dn["lanes"]:
+                evidence.setdefault(fam, []).append({**v0, "key_id": sid})
 
     def _speed_physics(
         self, sid: str, vs: Sequence[Mapping[str, Any]], states: dict[str, Any], out: dict[str, str]
     ) -> None:
-        """A loop's free-flow speed against the free-flow speed it learned (the speed-occupancy relation).
+        """A loop's speed against its own occupancy and count (the fundamental diagram).
 
-        Why: below critical occupancy the fundamental diagram is flat - speed
-        stays within a few percent of the road's free-flow speed whatever the
-        flow - so a loop whose free-flow speed walks away is mis-measuring.
-        Congested windows (occupancy above ``drift_max_occupancy``) say
-        nothing about calibration and are skipped; so are windows with too
-        few vehicles for a mean speed. Neighbouring loops are no reference:
-        adjacent stations differ by whole queues at rush hour.
+        Why the loop's own channels and not its neighbours: adjacent stations
+        differ by whole queues at rush hour, but one loop's speed, occupancy
+        and count must agree with each other whatever the traffic does - a
+        speed channel drifting while occupancy and flow say the traffic has
+        not changed is a sensor fault. ``LoopSpeedCheck`` holds the physics;
+        this feeds it the window's means (and the occupancy's swing, which
+        marks windows that mix free flow and queue).
         """
         by_metric = {v["metric"]: v for v in vs}
         sp, cnt, occ = (by_metric.get(m) for m in ("mean_speed_kmh", "vehicle_count", "occupancy_pct"))
@@ -616,17 +1015,38 @@ class GroupEngine:
             return
         if any(v["health"] != OK or v["observed"] is None for v in (sp, cnt, occ)):
             return
-        if cnt["observed"] < r.drift_min_count or occ["observed"] > r.drift_max_occupancy:
-            return
-        if sp["observed"] <= 0:
-            return
-        nd = NeighbourDrift(r.drift_warmup, r.drift_halflife, r.drift_k, r.drift_tolerance)
+        check = self._loop_check(r)
         key = f"{sid}|mean_speed_kmh"
-        ds, drifting, _ = nd.step(states.get(key) or nd.init(), 0, math.log(sp["observed"]), [0.0])
+        wms = self.config.window_ms
+        samples = cnt.get("samples") or 1
+        ds, res = check.step(
+            states.get(key) or check.init(),
+            int(sp["window_end"]) // wms,
+            sp["observed"],
+            occ["observed"],
+            occ.get("min", occ["observed"]),
+            occ.get("max", occ["observed"]),
+            cnt["observed"] * samples,
+            wms / 3_600_000,
+        )
         states[key] = ds
-        if drifting:
-            pct = 100.0 * (math.exp(ds["e"] - ds["m"]) - 1.0)
-            out[sid] = f"mean_speed_kmh drifted {pct:+.1f} % against its own free-flow speed"
+        if res.drifting:
+            pct = 100.0 * (math.exp(res.bias) - 1.0)
+            out[sid] = (
+                f"mean_speed_kmh reads {pct:+.1f} % against the free-flow speed its occupancy implies "
+                f"({res.z:+.1f} sd; occupancy {occ['observed']:.1f} %, "
+                f"{cnt['observed'] * samples:.0f} vehicles)"
+            )
+
+    @staticmethod
+    def _loop_check(r: MetricRule) -> LoopSpeedCheck:
+        return LoopSpeedCheck(
+            tolerance=r.drift_tolerance,
+            k=r.drift_k,
+            halflife=r.drift_halflife,
+            warmup=r.drift_warmup,
+            min_vehicles=r.drift_min_count,
+        )
 
     def _tank_balance(
         self,
@@ -649,7 +1069,7 @@ class GroupEngine:
         """
         level = pump = inlet = None
         for sid, vs in by_sensor.items():
-            if st["sensors"].get(sid, {}).get("status", OK) != OK:
+            if not self._settled(st, sid, window_end):
                 continue
             for v in vs:
                 if v["metric"] == "tank_level_m":
@@ -666,7 +1086,10 @@ class GroupEngine:
         b = st.setdefault("balance", {})
         prev, b["prev"] = b.get("prev"), level["observed"]
         flows, b["flows"] = b.get("flows"), [pump["observed"], inlet["observed"]]
-        if prev is None or flows is None:
+        # the balance holds between consecutive windows only: after a gap (a sensor muted, silent
+        # or missing) the level moved by flows nobody saw, so start again from this window
+        last, b["at"] = b.get("at"), window_end
+        if prev is None or flows is None or (last is not None and window_end - last != self.config.window_ms):
             return
         # window means are mid-window samples: the level moved between them by what flowed from
         # the middle of the previous window to the middle of this one
@@ -676,7 +1099,10 @@ class GroupEngine:
         p = b.get("P") or [[1e2 if i == j else 0.0 for j in range(3)] for i in range(3)]
         n = b.get("n", 0)
         resid = y - sum(t * xi for t, xi in zip(theta, x, strict=True))
-        scale = max(b.get("s", 0.0) * _MAD_TO_SIGMA, rule.min_scale / 10.0, 1e-6)
+        # prediction error, not just noise: x'Px is large where the fit has not seen such flows yet
+        # (the first time a pump runs), so an unlearned regime is not called an anomaly
+        xpx = sum(x[i] * p[i][j] * x[j] for i in range(3) for j in range(3))
+        scale = max(b.get("s", 0.0) * _MAD_TO_SIGMA, rule.min_scale / 10.0, 1e-6) * math.sqrt(1.0 + xpx)
         z = resid / scale
         warm = n >= rule.warmup_windows * 3
         # RLS update (skipped for the evidence of an anomaly, so a failure is not learned as normal)
@@ -716,6 +1142,69 @@ class GroupEngine:
         }
         out["anomalies"].append(self._anomaly("water", v0))
         evidence.setdefault(fam, []).append(v0)
+
+    def _pump_delivery(
+        self,
+        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
+        st: dict[str, Any],
+        evidence: dict[tuple[str, str], list[Mapping[str, Any]]],
+        alive: set[tuple[str, str]],
+        window_end: int,
+        out: dict[str, list[dict[str, Any]]],
+    ) -> None:
+        """A pump that reports running against the flow it delivers while running.
+
+        Why not the flow's own baseline: a pump is either off (0) or on at
+        its rated flow, and an earlier failure teaches a level model that a
+        trickle is normal (the next failure then looks like nothing). Status
+        and flow of one pump are one relation - running means rated flow - so
+        its usual running flow is learned only from windows it ran the whole
+        minute, and a run at a fraction of it (air lock, broken impeller,
+        closed valve) is evidence for its DMA from the first window on.
+        """
+        r = self.config.rule("water", "flow_lps")
+        if r is None or r.relation_tolerance <= 0:
+            return
+        rel = self._relation(r)
+        states = st.setdefault("drift", {})
+        for sid in sorted(by_sensor):
+            if not sid.endswith("-pump") or not self._settled(st, sid, window_end):
+                continue
+            by_metric = {v["metric"]: v for v in by_sensor[sid]}
+            flow, status = by_metric.get("flow_lps"), by_metric.get("pump_on")
+            if flow is None or status is None or flow["observed"] is None or status["observed"] is None:
+                continue
+            if status.get("min", status["observed"]) < 1.0 or flow["observed"] <= 0:
+                continue  # not running the whole window: nothing to compare
+            key = f"{sid}|delivery"
+            ds, res = rel.step(
+                states.get(key) or rel.init(), window_end // self.config.window_ms, math.log(flow["observed"])
+            )
+            states[key] = ds
+            if res is None or not res.flagged or res.bias >= 0:
+                continue
+            fam = family_and_locus("water", "flow_lps", sid)
+            alive.add(fam)
+            usual = math.exp(ds["c"])
+            note = (
+                f"pump reports running but delivers {flow['observed']:.3g} L/s, "
+                f"{100.0 * flow['observed'] / usual:.0f} % of its usual {usual:.3g} L/s"
+            )
+            v0 = {
+                "key_id": sid,
+                "metric": "flow_lps",
+                "window_start": flow["window_start"],
+                "window_end": window_end,
+                "observed": flow["observed"],
+                "expected": usual,
+                "z": res.z,
+                "score": tail_score(3.0 * res.z / rel.k),
+                "detector": "pump-v1",
+                "severity": "critical",
+                "note": note,
+            }
+            out["anomalies"].append(self._anomaly("water", v0))
+            evidence.setdefault(fam, []).append(v0)
 
     def _coherent(
         self,

@@ -379,7 +379,7 @@ WHERE domain = '{domain}' AND status != 'ok'
 def _vehicles_in_range() -> str:
     return f"""
 SELECT toUInt64(round(sum(total))) AS vehicles
-FROM ({q.windows(q.sensor_where("traffic", "vehicle_count"))}
+FROM ({q.selected_windows("traffic", "vehicle_count")}
 )"""
 
 
@@ -446,17 +446,7 @@ ORDER BY time, domain""",
                         "Readings per department",
                         f"""
 SELECT t AS time, domain, sum(readings) / max(bucket_s) AS value
-FROM
-(
-    SELECT t, domain, key_id, max(samples) AS readings, max(bucket_s) AS bucket_s
-    FROM
-    (
-        SELECT t, domain, key_id, metric, sum(samples) AS samples, max(bucket_s) AS bucket_s
-        FROM ({q.windows(f"key_kind = 'sensor' AND {dom}")}
-        )
-        GROUP BY t, domain, key_id, metric
-    )
-    GROUP BY t, domain, key_id
+FROM ({q.resolution(q.DOMAINS, f"key_kind = 'sensor' AND {dom}")}
 )
 GROUP BY time, domain
 ORDER BY time, domain""",
@@ -522,23 +512,13 @@ WHERE {condition}"""
 def pipeline() -> dict[str, Any]:
     """Late and duplicate data, dead letters, revisions and load lag: can the other dashboards be trusted?"""
     dom = in_filter("domain", "domain")
-    readings_per_key = f"""
-    SELECT t, domain, key_id, max(late) AS late, max(duplicates) AS duplicates, max(bucket_s) AS bucket_s
-    FROM
-    (
-        SELECT t, domain, key_id, metric, sum(late) AS late, sum(duplicates) AS duplicates,
-               max(bucket_s) AS bucket_s
-        FROM ({q.windows(f"key_kind = 'sensor' AND {dom}")}
-        )
-        GROUP BY t, domain, key_id, metric
+    sensors = f"key_kind = 'sensor' AND {dom}"
+    per_domain = f"({q.resolution(q.DOMAINS, sensors)}\n)"
+    lag_per_bucket = f"""
+    SELECT t, domain, sumMap(lags) AS histogram
+    FROM ({q.load_lag(dom)}
     )
-    GROUP BY t, domain, key_id"""
-    lag = """
-    SELECT domain, window_start, window_end,
-           dateDiff('millisecond', window_end, min(loaded_at)) / 1000 AS lag_s
-    FROM window_aggregates
-    WHERE $__timeFilter(window_start) AND {dom}
-    GROUP BY domain, key_kind, key_id, metric, window_start, window_end""".replace("{dom}", dom)
+    GROUP BY t, domain"""
     return dashboard(
         uid="citystream-pipeline",
         title=UIDS["citystream-pipeline"],
@@ -552,7 +532,7 @@ def pipeline() -> dict[str, Any]:
                 [
                     stat_panel(
                         "Late readings absorbed",
-                        f"SELECT sum(late) AS late FROM ({readings_per_key}\n)",
+                        f"SELECT sum(late) AS late FROM {per_domain}",
                         unit="short",
                         description="Readings behind the watermark that still corrected their window "
                         "(within allowed lateness).",
@@ -560,7 +540,7 @@ def pipeline() -> dict[str, Any]:
                     ),
                     stat_panel(
                         "Duplicates dropped",
-                        f"SELECT sum(duplicates) AS duplicates FROM ({readings_per_key}\n)",
+                        f"SELECT sum(duplicates) AS duplicates FROM {per_domain}",
                         unit="short",
                         description="Duplicate deliveries (same sensor and sequence number) "
                         "the jobs dropped.",
@@ -591,10 +571,7 @@ WHERE $__timeFilter(received_at)""",
                     ),
                     stat_panel(
                         "Windows revised",
-                        f"""
-SELECT countIf(revision > 0) AS revised
-FROM window_aggregates_latest
-WHERE $__timeFilter(window_start) AND {q.TUMBLING} AND {dom}""",
+                        f"SELECT sum(revised) AS revised FROM ({q.resolution(q.DOMAINS, dom)}\n)",
                         unit="short",
                         description="1-minute windows whose stored value is a correction by late data "
                         "(revision > 0).",
@@ -602,7 +579,9 @@ WHERE $__timeFilter(window_start) AND {q.TUMBLING} AND {dom}""",
                     ),
                     stat_panel(
                         "Load lag p95",
-                        f"SELECT quantile(0.95)(lag_s) AS p95 FROM ({lag}\n)",
+                        f"""
+SELECT {q.lag_quantile("histogram")} AS p95
+FROM (SELECT sumMap(histogram) AS histogram FROM ({lag_per_bucket}\n))""",
                         unit="s",
                         description="95th percentile of the time from a window's end to its first row "
                         "in the store.",
@@ -618,8 +597,7 @@ WHERE $__timeFilter(window_start) AND {q.TUMBLING} AND {dom}""",
                         "Late readings absorbed per department",
                         f"""
 SELECT t AS time, domain, sum(late) AS late
-FROM ({readings_per_key}
-)
+FROM {per_domain}
 GROUP BY time, domain
 ORDER BY time, domain""",
                         unit="short",
@@ -631,8 +609,7 @@ ORDER BY time, domain""",
                         "Duplicates dropped per department",
                         f"""
 SELECT t AS time, domain, sum(duplicates) AS duplicates
-FROM ({readings_per_key}
-)
+FROM {per_domain}
 GROUP BY time, domain
 ORDER BY time, domain""",
                         unit="short",
@@ -704,10 +681,9 @@ LIMIT 100""",
                     timeseries_panel(
                         "Load lag per department",
                         f"""
-SELECT $__timeInterval(window_start) AS time, domain, quantile(0.95)(lag_s) AS p95
-FROM ({lag}
+SELECT t AS time, domain, {q.lag_quantile("histogram")} AS p95
+FROM ({lag_per_bucket}
 )
-GROUP BY time, domain
 ORDER BY time, domain""",
                         unit="s",
                         description="95th percentile per interval of window end -> first row in the store "

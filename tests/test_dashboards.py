@@ -597,26 +597,29 @@ HOPPING = "dash-test-grid-3"  # has a 5-minute hopping window beside its 1-minut
 ZONE = "dash-z01"
 
 RANGES = {
-    "6h raw": TimeRange(T0 - timedelta(hours=3), T0 + timedelta(hours=3), interval_s=20),
+    "6h minutes": TimeRange(T0 - timedelta(hours=3), T0 + timedelta(hours=3), interval_s=20),
+    "2d 10 minutes": TimeRange(T0 - timedelta(days=1), T0 + timedelta(days=1), interval_s=600),
     "7d hourly": TimeRange(T0 - timedelta(days=4), T0 + timedelta(days=3), interval_s=600),
     "120d daily": TimeRange(T0 - timedelta(days=60), T0 + timedelta(days=60), interval_s=3 * 3600),
 }
 SELECTED = {"zone": [ZONE, "dash-z'02"], "sensor": [SENSOR, "dash-o'brien"], "domain": ["grid", "water"]}
 
 
-@pytest.fixture(scope="module")
-def store_data(store: Any) -> Settings:
+@pytest.fixture(scope="module", params=["windows", "sealed"])
+def store_data(store: Any, request: pytest.FixtureRequest) -> Settings:
     """A corrected window (revisions 0 and 1, the latter delivered twice) and a zone for two sensors.
 
     In a database of its own, migrated like the real one, so that no other
     test's counts see these rows. Separate inserts land in separate parts, so
     the superseded revision and the duplicate are still there unmerged when the
-    panels read.
+    panels read. Twice: as loaded (every hour dirty: panels read the windows
+    themselves) and sealed (panels read the rollups, migration 0005).
     """
     from citystream.store.client import connect
     from citystream.store.migrate import migrate
+    from citystream.store.rollups import seal
 
-    settings: Settings = store.settings.replace(clickhouse_database="dashboards_test")
+    settings: Settings = store.settings.replace(clickhouse_database=f"dashboards_test_{request.param}")
     migrate(settings)
     client = connect(settings)
     cols = [
@@ -710,6 +713,8 @@ def store_data(store: Any) -> Settings:
                 "explanation",
             ],
         )
+        if request.param == "sealed":
+            assert seal(client, grace_s=0).hours == 1
     finally:
         client.close()
     return settings
@@ -744,7 +749,7 @@ def test_every_query_executes_on_the_store(viewer: Any, query: Query) -> None:
     names = variables_of(MODELS[query.dashboard])
     for rng in RANGES.values():
         _run(viewer, query, rng, dict.fromkeys(names, ALL))
-    _run(viewer, query, RANGES["6h raw"], {name: SELECTED[name] for name in names})
+    _run(viewer, query, RANGES["6h minutes"], {name: SELECTED[name] for name in names})
 
 
 def _panel(uid: str, title: str) -> Query:
@@ -782,7 +787,7 @@ def test_tumbling_window_length_matches_the_jobs() -> None:
 @pytest.mark.integration
 def test_hopping_windows_are_not_counted(viewer: Any) -> None:
     per_meter = _panel("citystream-grid", "Voltage per meter")
-    rows = _run(viewer, per_meter, RANGES["6h raw"], {"zone": ALL, "sensor": [HOPPING]})
+    rows = _run(viewer, per_meter, RANGES["6h minutes"], {"zone": ALL, "sensor": [HOPPING]})
     assert [r[2] for r in rows] == [220.0]
 
 
@@ -814,29 +819,329 @@ def test_zone_variable_narrows_sensors(viewer: Any) -> None:
     assert keys == [OTHER]
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize(
-    ("range_name", "table"),
-    [
-        ("6h raw", "window_aggregates"),
-        ("7d hourly", "window_aggregates_hourly_state"),
-        ("120d daily", "window_aggregates_daily_state"),
-    ],
-)
-def test_only_the_resolution_for_the_range_is_read(viewer: Any, range_name: str, table: str) -> None:
-    """The engine's own plan: inactive branches select no parts (their time bounds fold to the epoch)."""
-    query = _panel("citystream-grid", "Voltage per meter")
-    sql = expand(query.sql, RANGES[range_name], {"zone": ALL, "sensor": [SENSOR]})
-    plan = [row[0] for row in viewer.query("EXPLAIN indexes = 1 " + sql).result_rows]
-    parts: dict[str, int] = {}
+def _granules(client: Any, sql: str) -> dict[str, int]:
+    """Granules each table's read selects in the engine's own plan (summed over its reads)."""
+    plan = [row[0] for row in client.query("EXPLAIN indexes = 1 " + sql).result_rows]
+    found: dict[str, int] = {}
     for i, line in enumerate(plan):
-        if found := re.search(r"ReadFromMergeTree \(\w+\.(\w+)\)", line):
-            selected = next(re.search(r"Parts: (\d+)", x) for x in plan[i + 1 :] if "Parts:" in x)
-            parts[found.group(1)] = int(selected.group(1))
-    assert set(parts) == {
-        "window_aggregates",
-        "window_aggregates_hourly_state",
-        "window_aggregates_daily_state",
-    }
-    assert parts[table] > 0
-    assert all(n == 0 for name, n in parts.items() if name != table), parts
+        if read := re.search(r"ReadFromMergeTree \(\w+\.(\w+)\)", line):
+            selected = 0  # a read pruned to nothing shows no index analysis at all
+            for later in plan[i + 1 :]:
+                if "ReadFromMergeTree" in later:
+                    break
+                if granules := re.search(r"Granules: (\d+)", later):
+                    selected = int(granules.group(1))
+                    break
+            found[read.group(1)] = found.get(read.group(1), 0) + selected
+    return found
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("range_name", list(RANGES))
+def test_sealed_hours_are_not_read_from_the_windows(
+    viewer: Any, store_data: Settings, range_name: str
+) -> None:
+    """Panels read window_aggregates for dirty hours only: all of them before sealing, none after.
+
+    The windows' branch is bounded by the first and last dirty hour, as
+    constants the engine prunes granules with; without dirty hours that range
+    is empty.
+    """
+    sealed = store_data.clickhouse_database.endswith("sealed")
+    for uid, title in (
+        ("citystream-grid", "Voltage per meter"),
+        ("citystream-grid", "Voltage: min / mean / max"),
+        ("citystream-overview", "Readings per department"),
+        ("citystream-pipeline", "Load lag p95"),
+    ):
+        variables = {"zone": ALL, "sensor": ALL, "domain": ["grid"]}
+        granules = _granules(viewer, expand(_panel(uid, title).sql, RANGES[range_name], variables))
+        if sealed:
+            assert granules.get("window_aggregates", 0) == 0, (title, granules)
+        elif RANGES[range_name].start <= T0 <= RANGES[range_name].end:
+            assert granules.get("window_aggregates", 0) > 0, (title, granules)
+
+
+@pytest.mark.integration
+def test_each_range_reads_its_grain(store: Any) -> None:
+    """6 h -> 1-minute rows, 2 days -> 10-minute, 62 days -> hourly, longer -> daily (sealed rows marked)."""
+    from citystream.store.client import connect
+    from citystream.store.migrate import migrate
+    from citystream.store.rollups import seal
+
+    settings: Settings = store.settings.replace(clickhouse_database="dashboards_grains")
+    migrate(settings)
+    client = connect(settings)
+    try:
+        start = T0.replace(hour=0)
+        client.insert(
+            "window_aggregates",
+            [
+                [
+                    "grid",
+                    "sensor",
+                    SENSOR,
+                    "voltage_v",
+                    start,
+                    start + timedelta(minutes=1),
+                    10,
+                    1.0,
+                    1.0,
+                    1.0,
+                    0,
+                    0,
+                    0,
+                ]
+            ],
+            column_names=WINDOW_COLUMNS,
+        )
+        assert seal(client, grace_s=0).hours == 1
+        # Every sealed row now says which grain it is: its mean is the grain in seconds.
+        client.command(
+            "ALTER TABLE window_aggregates_sealed UPDATE samples = 1, total = grain WHERE 1",
+            settings={"mutations_sync": 2},
+        )
+        per_meter = _panel("citystream-grid", "Voltage per meter")
+        for name, grain in (
+            ("6h minutes", 60),
+            ("2d 10 minutes", 600),
+            ("7d hourly", 3600),
+            ("120d daily", 86400),
+        ):
+            rng = RANGES[name]
+            rng = TimeRange(start, start + (rng.end - rng.start), rng.interval_s)
+            rows = _run(client, per_meter, rng, {"zone": ALL, "sensor": [SENSOR]})
+            assert [r[2] for r in rows] == [grain], name
+            rows = _run(client, per_meter, rng, {"zone": ALL, "sensor": ALL})
+            assert [r[2] for r in rows] == [grain], name
+    finally:
+        client.close()
+
+
+WINDOW_COLUMNS = [
+    "domain", "key_kind", "key_id", "metric", "window_start", "window_end",
+    "samples", "mean", "min", "max", "late", "duplicates", "revision",
+]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- rollups = windows
+
+#: A fuller history for comparing the sealed rollups with the windows: 5 sensors, 3 departments,
+#: a zone window, hopping windows, corrections delivered out of order, duplicate deliveries.
+CMP_SERIES = [
+    ("grid", "sensor", "cmp-g1", ("voltage_v", "frequency_hz", "active_power_kw")),
+    ("grid", "sensor", "cmp-g2", ("voltage_v",)),
+    ("grid", "zone", "cmp-z1", ("voltage_v",)),
+    ("traffic", "sensor", "cmp-t1", ("vehicle_count", "mean_speed_kmh", "occupancy_pct")),
+    ("water", "sensor", "cmp-w1", ("pressure_bar", "flow_lps", "tank_level_m")),
+]
+CMP_ZONE = "cmp-z1"
+
+
+def _cmp_row(
+    series: tuple, m: int, n: int, start: datetime, rev: int, rng: Any, length: int = 1
+) -> list[Any]:
+    """One window (WINDOW_COLUMNS + loaded_at) of metric ``m`` of ``series`` in the ``n``-th slot."""
+    domain, kind, key, metrics = series
+    samples = 6 + (n + m * 3 + rev) % 7
+    mean = round(100 + 20 * rng.random() + rev, 3)
+    loaded = start + timedelta(minutes=length, seconds=5 + (n * 7 + m) % 50 + rev * 60)
+    end = start + timedelta(minutes=length)
+    return [
+        domain,
+        kind,
+        key,
+        metrics[m],
+        start,
+        end,
+        samples,
+        mean,
+        mean - 1 - m,
+        mean + 2 + rev,
+        rev,
+        n % 3,
+        rev,
+        loaded,
+    ]
+
+
+def _cmp_rounds() -> list[list[list[Any]]]:
+    """Insert rounds of WINDOW_COLUMNS + loaded_at rows: first loads, then corrections and re-deliveries.
+
+    Revision, late and duplicates belong to a key's window (the jobs compute
+    them once for all its metrics); samples differ between metrics.
+    """
+    import random
+
+    rng = random.Random(2001)
+    first, later, last = [], [], []
+    for n, minute in enumerate(range(-30 * 60, 30 * 60, 13)):
+        start = T0 + timedelta(minutes=minute)
+        for series in CMP_SERIES:
+            revision = 2 if n % 10 == 0 else 1 if n % 5 == 0 else 0
+            for m in range(len(series[3])):
+                first.append(_cmp_row(series, m, n, start, 0, rng))
+                if series[1] == "sensor" and m == 0 and n % 2:
+                    first.append(_cmp_row(series, m, n, start, 0, rng, length=5))  # hopping: never counted
+                if revision == 2:
+                    later.append(_cmp_row(series, m, n, start, 2, rng))  # the newest correction first ...
+                    last.append(_cmp_row(series, m, n, start, 1, rng))  # ... the older one after: must lose
+                elif revision == 1:
+                    later.append(_cmp_row(series, m, n, start, 1, rng))
+                if n % 7 == 0:
+                    last.append(first[-1])  # a re-delivery, byte for byte
+    return [first, later, last]
+
+
+@pytest.fixture(scope="module")
+def compared(store: Any) -> Iterator[dict[str, Any]]:
+    """Two databases with the same windows: never sealed, and sealed after the first two rounds.
+
+    The last round (corrections and re-deliveries) then leaves the sealed one
+    with dirty hours among clean ones; tests seal it fully later.
+    """
+    from citystream.store.client import connect
+    from citystream.store.migrate import migrate
+    from citystream.store.rollups import seal
+
+    clients = {}
+    for name in ("windows", "sealed"):
+        settings = store.settings.replace(clickhouse_database=f"dashboards_cmp_{name}")
+        migrate(settings)
+        clients[name] = connect(settings)
+    columns = [*WINDOW_COLUMNS, "loaded_at"]
+    try:
+        health = [
+            ["cmp-g1", "cmp-site", CMP_ZONE, "grid", "ok", T0, ""],
+            ["cmp-g2", "cmp-site", "cmp-z2", "grid", "ok", T0, ""],
+            ["cmp-t1", "cmp-site", CMP_ZONE, "traffic", "ok", T0, ""],
+        ]
+        for client in clients.values():
+            client.insert(
+                "sensor_health",
+                health,
+                column_names=["sensor_id", "site_id", "zone_id", "domain", "status", "since", "details"],
+            )
+        rounds = _cmp_rounds()
+        for i, rows in enumerate(rounds):
+            for name, client in clients.items():
+                client.insert("window_aggregates", rows, column_names=columns)
+                if name == "sealed" and i == len(rounds) - 2:
+                    assert seal(client, grace_s=0).hours > 0
+        yield clients
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+CMP_T0 = T0.replace(hour=0)
+CMP_RANGES = [
+    TimeRange(T0 - timedelta(hours=3), T0 + timedelta(hours=3), interval_s=20),
+    TimeRange(T0 - timedelta(hours=5, minutes=17), T0 + timedelta(minutes=43), interval_s=60),
+    TimeRange(T0 - timedelta(hours=20, minutes=7), T0 + timedelta(hours=9), interval_s=600),
+    TimeRange(T0 - timedelta(days=1, minutes=11), T0 + timedelta(days=1), interval_s=1200),
+    TimeRange(CMP_T0 - timedelta(days=3), CMP_T0 + timedelta(days=4), interval_s=3 * 3600),
+    TimeRange(T0 - timedelta(days=60), T0 + timedelta(days=60), interval_s=86400),
+    TimeRange(T0 - timedelta(days=70), T0 + timedelta(days=1, hours=3), interval_s=2 * 86400),
+]
+CMP_SELECTIONS = [
+    {"zone": ALL, "sensor": ALL, "domain": ["grid", "traffic", "water"]},
+    {"zone": [CMP_ZONE], "sensor": ALL, "domain": ["grid"]},
+    {"zone": ALL, "sensor": ["cmp-g1", "cmp-t1", "cmp-w1"], "domain": ["water", "traffic"]},
+]
+CMP_QUERIES = [q for q in ALL_QUERIES if "window_aggregates" in q.sql and not q.where.startswith("variable")]
+
+
+def _normalized(rows: list[Any]) -> list[tuple[Any, ...]]:
+    import math
+
+    def one(v: Any) -> Any:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else float(f"{v:.9g}")
+        if isinstance(v, datetime):
+            return v.replace(tzinfo=UTC).isoformat()
+        return v
+
+    return [tuple(one(v) for v in row) for row in rows]
+
+
+def _answers(client: Any) -> dict[tuple[str, int, int], list[tuple[Any, ...]]]:
+    out = {}
+    for query in CMP_QUERIES:
+        names = variables_of(MODELS[query.dashboard])
+        for r, rng in enumerate(CMP_RANGES):
+            for s, selection in enumerate(CMP_SELECTIONS):
+                variables = {name: selection[name] for name in names}
+                out[(str(query), r, s)] = _normalized(_run(client, query, rng, variables))
+    return out
+
+
+@pytest.mark.integration
+def test_sealed_rollups_answer_as_the_windows_do(compared: dict[str, Any]) -> None:
+    """Every panel over the windows, at every resolution, partly and fully sealed: the same answers."""
+    from citystream.store.rollups import dirty_hours, seal
+
+    windows = _answers(compared["windows"])
+    assert sum(1 for rows in windows.values() if rows) > len(windows) // 2  # the ranges do cover data
+    assert dirty_hours(compared["sealed"])  # the last round dirtied some hours again ...
+    partly = _answers(compared["sealed"])
+    assert seal(compared["sealed"], grace_s=0).hours > 0
+    assert not dirty_hours(compared["sealed"])  # ... now every hour is sealed
+    fully = _answers(compared["sealed"])
+    for key, expected in windows.items():
+        assert partly[key] == expected, key
+        assert fully[key] == expected, key
+
+
+@pytest.mark.integration
+def test_rollup_panels_keep_the_windows_meaning(compared: dict[str, Any]) -> None:
+    """The rewritten panels against the SQL they replaced (on ranges aligned to their resolution).
+
+    Load lag p95 (a histogram now) against ClickHouse's own quantile over the
+    windows, exact below 8,192 values; revised windows and late readings
+    against their per-window definitions; readings per department counted per
+    1-minute window (the largest samples among a sensor's metrics).
+    """
+    client = compared["windows"]
+    lag = _panel("citystream-pipeline", "Load lag p95")
+    revised = _panel("citystream-pipeline", "Windows revised")
+    late = _panel("citystream-pipeline", "Late readings absorbed")
+    readings = _panel("citystream-overview", "Readings per department")
+    every = {"domain": ["grid", "traffic", "water"]}
+    for rng, grain in (
+        (TimeRange(T0 - timedelta(hours=3), T0 + timedelta(hours=3), 60), 60),
+        (TimeRange(T0 - timedelta(days=1), T0 + timedelta(hours=23, minutes=50), 600), 600),
+        (TimeRange(CMP_T0 - timedelta(days=3), CMP_T0 + timedelta(days=4) - timedelta(hours=1), 3600), 3600),
+    ):
+        # The units of the resolution that start within the range, all of each.
+        end = rng.to_s - rng.to_s % grain + grain
+        span = f"window_start >= toDateTime({rng.from_s}) AND window_start < toDateTime({end})"
+        (want,) = client.query(
+            "SELECT quantile(0.95)(lag_s) FROM (SELECT"
+            " dateDiff('millisecond', window_end, min(loaded_at)) / 1000"
+            f" AS lag_s FROM window_aggregates WHERE {span} GROUP BY domain, key_kind, key_id, metric,"
+            " window_start, window_end)"
+        ).result_rows[0]
+        assert _run(client, lag, rng, every)[0][0] == pytest.approx(want, rel=1e-12)
+        (want,) = client.query(
+            f"SELECT countIf(revision > 0) FROM window_aggregates_latest WHERE {span} AND {TUMBLING}"
+        ).result_rows[0]
+        assert _run(client, revised, rng, every)[0][0] == want > 0
+        (want,) = client.query(
+            "SELECT sum(late) FROM (SELECT key_id, max(late) AS late FROM window_aggregates_latest"
+            f" WHERE {span} AND {TUMBLING} AND key_kind = 'sensor' GROUP BY key_id, window_start)"
+        ).result_rows[0]
+        assert _run(client, late, rng, every)[0][0] == want > 0
+        want = client.query(
+            f"SELECT domain, sum(r) FROM (SELECT domain, key_id, window_start, max(samples) AS r"
+            f" FROM window_aggregates_latest WHERE {span} AND {TUMBLING} AND key_kind = 'sensor'"
+            " GROUP BY domain, key_id, window_start) GROUP BY domain ORDER BY domain"
+        ).result_rows
+        got: dict[str, float] = {}
+        for _, domain, per_s in _run(client, readings, rng, every):
+            got[domain] = got.get(domain, 0.0) + per_s
+        # Each range's interval is its grain here, so a bucket stands for interval_s seconds.
+        assert {d: n * rng.interval_s for d, n in got.items()} == pytest.approx(dict(want)), rng
+
+
+TUMBLING = "dateDiff('second', window_start, window_end) = 60"

@@ -339,7 +339,10 @@ def snapshot(settings: Settings) -> dict[str, list[tuple]]:
             ).result_rows
         for view in VIEWS:
             cols = "* EXCEPT loaded_at" if view.endswith("_latest") else "*"
-            out[view] = client.query(f"SELECT {cols} FROM {view} ORDER BY ALL").result_rows
+            rows = client.query(f"SELECT {cols} FROM {view} ORDER BY ALL").result_rows
+            # The rollup views' means are float sums over windows, added in whatever order the
+            # engine reads them: the last bit may differ between two loads of the same records.
+            out[view] = [tuple(float(f"{v:.12g}") if isinstance(v, float) else v for v in r) for r in rows]
         return out
     finally:
         client.close()

@@ -31,8 +31,11 @@ def test_migration_files_are_numbered_and_idempotent_by_construction() -> None:
             head = " ".join(statement.split()[:6]).upper()
             if head.startswith("CREATE"):
                 assert "IF NOT EXISTS" in head or "OR REPLACE" in head, f"{m.path.name}: {head}"
+            elif head.startswith("DROP"):
+                assert "IF EXISTS" in head, f"{m.path.name}: {head}"
             else:
-                # The only data statements are the rollup backfills, which maxMap makes repeatable.
+                # The only data statements are the rollup backfills (0004: maxMap makes them
+                # repeatable; 0005: marking an hour dirty again only makes it be sealed again).
                 assert head.startswith("INSERT INTO WINDOW_AGGREGATES_"), f"{m.path.name}: {head}"
 
 
@@ -122,11 +125,17 @@ def test_apply_on_an_empty_store_then_nothing_to_do(fresh_db: Settings) -> None:
         expected = {
             "schema_migrations", "window_aggregates", "window_aggregates_latest", "readings", "anomalies",
             "alerts", "alerts_latest", "sensor_health", "sensor_health_latest", "late_events", "dead_letters",
-            "labels", "pipeline_metrics", "backtest_runs", "window_aggregates_hourly_state",
-            "window_aggregates_daily_state", "window_aggregates_hourly_mv", "window_aggregates_daily_mv",
+            "labels", "pipeline_metrics", "backtest_runs",
             "window_aggregates_hourly", "window_aggregates_daily",
+            "window_aggregates_hours", "window_aggregates_hours_mv", "window_aggregates_days",
+            "window_aggregates_sealed", "window_aggregates_sealed_domains", "window_aggregates_sealed_lag",
         }  # fmt: skip
         assert expected <= tables
+        # 0005 removed 0004's maxMap rollups: their views made every insert ~5x slower.
+        assert not tables & {
+            "window_aggregates_hourly_state", "window_aggregates_daily_state",
+            "window_aggregates_hourly_mv", "window_aggregates_daily_mv",
+        }  # fmt: skip
         recorded = client.query(
             "SELECT version, name FROM schema_migrations FINAL ORDER BY version"
         ).result_rows
@@ -170,11 +179,14 @@ def test_result_tables_mirror_their_avro_records(store, table: str, record: str)
 
 @pytest.mark.integration
 def test_upgrade_from_the_previous_version_backfills_rollups(fresh_db: Settings) -> None:
+    """Windows loaded before the upgrade are in the rollups at once, sealed or not, and stay exact."""
+    from citystream.store.rollups import seal
+
     newest = len(discover())
     assert migrate(fresh_db, target=newest - 1) == list(range(1, newest))
     client = _client(fresh_db)
     try:
-        # Loaded before the rollups existed: revision 0 and a correction of minute 0, plus minute 1.
+        # Loaded before the upgrade: revision 0 and a correction of minute 0, plus minute 1.
         client.insert(
             "window_aggregates",
             [
@@ -186,10 +198,19 @@ def test_upgrade_from_the_previous_version_backfills_rollups(fresh_db: Settings)
         )
         assert migrate(fresh_db) == [newest]
         assert migrate(fresh_db) == []
-        _assert_hourly(client, windows=2, samples=22, mean=(12 * 231.0 + 10 * 232.0) / 22, lo=228.0, hi=233.0)
+        first = {
+            "windows": 2,
+            "samples": 22,
+            "mean": (12 * 231.0 + 10 * 232.0) / 22,
+            "lo": 228.0,
+            "hi": 233.0,
+        }
+        _assert_hourly(client, **first)  # the hour is dirty: read from the windows themselves
+        assert seal(client, grace_s=0).hours == 1
+        _assert_hourly(client, **first)  # the same from the sealed rows
 
-        # After the upgrade the views keep the rollups current: a late revision of minute 1,
-        # a re-delivered old revision (must change nothing) and a new minute.
+        # Later loads keep the rollups current: a late revision of minute 1, a re-delivered old
+        # revision (must change nothing) and a new minute make the hour dirty again.
         client.insert(
             "window_aggregates",
             [
@@ -200,9 +221,14 @@ def test_upgrade_from_the_previous_version_backfills_rollups(fresh_db: Settings)
             column_names=WINDOW_COLUMNS,
         )
         mean = (12 * 231.0 + 11 * 232.5 + 5 * 240.0) / 28
-        _assert_hourly(client, windows=3, samples=28, mean=mean, lo=228.0, hi=241.0)
-        daily = client.query("SELECT windows, samples, late FROM window_aggregates_daily WHERE key_id = 's1'")
-        assert daily.result_rows == [(3, 28, 2)]
+        for sealed in (False, True):
+            _assert_hourly(client, windows=3, samples=28, mean=mean, lo=228.0, hi=241.0)
+            daily = client.query(
+                "SELECT windows, samples, late FROM window_aggregates_daily WHERE key_id = 's1'"
+            )
+            assert daily.result_rows == [(3, 28, 2)], sealed
+            if not sealed:
+                assert seal(client, grace_s=0).hours == 1
         latest = client.query(
             "SELECT toUnixTimestamp64Milli(window_start) - {h:Int64}, revision, samples "
             "FROM window_aggregates_latest WHERE key_id = 's1' ORDER BY window_start",

@@ -13,12 +13,15 @@ Modules (each states its contract in its header):
   clickhouse-connect client every other component uses.
 * :mod:`citystream.store.migrate` - ``migrate(settings)``: versioned schema
   migrations from ``infra/clickhouse/migrations``.
+* :mod:`citystream.store.rollups` - ``seal(client)``: turns hours of
+  window_aggregates that got windows into the rollup rows dashboards read
+  (migration 0005); the loader runs it between its inserts.
 * :mod:`citystream.store.server` - the HTTP server (``StoreServer``, ``serve``).
 * :mod:`citystream.store.engine` - the chdb engine, its connections and sessions.
 * :mod:`citystream.store.wire` - compressed blocks, CityHash128, Native re-framing.
 * :mod:`citystream.store.sqltext` - statement classification and splitting.
 * :mod:`citystream.store.errors` - ClickHouse error codes and HTTP statuses.
-* :mod:`citystream.store.cli` - ``citystream store serve | migrate | status``
+* :mod:`citystream.store.cli` - ``citystream store serve | migrate | seal | status``
   and ``citystream load``.
 
 The loader (connectors/loader.py) runs inside the store process

@@ -1,4 +1,4 @@
-"""``citystream store serve | migrate | status``: run, evolve and inspect the store.
+"""``citystream store serve | migrate | seal | status``: run, evolve and inspect the store.
 
 * ``serve`` runs the embedded store in the foreground (the stack manager runs
   it as a subprocess and checks ``GET /ping`` and ``SELECT 1``); SIGTERM or
@@ -6,6 +6,9 @@
   the same directory is refused.
 * ``migrate`` applies infra/clickhouse/migrations/ to CITYSTREAM_CLICKHOUSE_URL
   (the embedded store or a real ClickHouse server), idempotently.
+* ``seal`` seals the rollups of window_aggregates for every dirty hour now
+  (citystream/store/rollups.py; the loader does it as it goes). Dashboards are
+  exact either way; sealed hours are just much cheaper to read.
 * ``status`` lists the database's tables with rows, active parts and bytes on
   disk, the schema version, and what the loader last recorded in
   pipeline_metrics (when, records behind, rows/s).
@@ -131,6 +134,35 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_seal(args: argparse.Namespace) -> int:
+    from citystream.store.client import connect
+    from citystream.store.rollups import seal
+
+    settings = load_settings()
+    client = connect(settings, send_receive_timeout=3600)
+    hours = days = 0
+    started = time.monotonic()
+    try:
+        while True:
+            result = seal(client, grace_s=args.grace, max_hours=args.hours_per_pass, busy_retries=50)
+            if result.busy:
+                raise UserError("an INSERT into window_aggregates kept running for 10 s: try again later")
+            hours, days = hours + result.hours, days + result.days
+            if result.hours:
+                print(
+                    f"sealed {result.hours} hour(s), {result.days} day(s) in {result.seconds:.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if not result.remaining:
+                break
+    finally:
+        client.close()
+    print(f"database {settings.clickhouse_database}: sealed {hours} hour(s) and {days} day(s) "
+          f"in {time.monotonic() - started:.1f}s")  # fmt: skip
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from citystream.store.client import connect
     from citystream.store.migrate import discover, schema_version
@@ -253,6 +285,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmds.add_parser("migrate", help="apply pending schema migrations (idempotent)")
     p.add_argument("--to", type=int, metavar="VERSION", help="stop after this version (default: all)")
     p.set_defaults(handler=_cmd_migrate)
+    text = "seal the window rollups of every dirty hour now (the loader seals as it goes)"
+    p = cmds.add_parser("seal", help=text, description=text)
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="leave hours that received windows less than this long ago (default: %(default)s)",
+    )
+    p.add_argument("--hours-per-pass", type=int, default=72, help="hours per pass (default: %(default)s)")
+    p.set_defaults(handler=_cmd_seal)
     p = cmds.add_parser("status", help="tables, rows, parts and disk use; exit 1 if migrations are pending")
     p.set_defaults(handler=_cmd_status)
     p = sub.add_parser(
@@ -269,7 +312,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--batch-rows", type=int, default=50_000, help="rows per batch at most (default: %(default)s)"
+        # connectors.loader.BATCH_ROWS (not imported here: it would load numpy for every CLI call).
+        "--batch-rows",
+        type=int,
+        default=200_000,
+        help="rows per batch at most (default: %(default)s)",
     )
     p.add_argument(
         "--batch-ms", type=int, default=1000, help="milliseconds a batch waits to fill (default: %(default)s)"

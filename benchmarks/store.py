@@ -30,7 +30,7 @@ process it starts stopped by pid at the end:
    once more instead of ``--repeats`` times.
 
 Usage: ``python -m benchmarks.store [--sensors 1000] [--days 30] [--load-rows 500000] [--repeats 10]
-[--timeout-s 10] [--skip-loader]``
+[--timeout-s 10] [--skip-loader | --skip-dashboards]``
 The defaults are the issue's dataset (43 M windows): on a shared 2-core
 machine generating and sealing it takes ~5-10 minutes.
 Exit status 0 (2 for bad arguments); results on stdout, progress on stderr.
@@ -462,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per query and range (10)")
     parser.add_argument("--timeout-s", type=int, default=10, help="a query's time limit, seconds (10)")
     parser.add_argument("--skip-loader", action="store_true", help="only the dashboard queries")
+    parser.add_argument("--skip-dashboards", action="store_true", help="only the loader")
     args = parser.parse_args(argv)
     if min(args.sensors, args.days, args.load_rows, args.repeats) < 1:
         print(
@@ -503,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"  baseline: {what:29} {r[f'{key}_rows_s']:>12,.0f} rows/s  (loader = {ratio:.2f}x)"
                     )
+            if args.skip_dashboards:
+                return 0
             from citystream.store.migrate import migrate
 
             dash = settings.replace(clickhouse_database="bench_dash")

@@ -177,9 +177,11 @@ def resolution(level: Level, where: str, sealed: str | None = None) -> str:
     the same rows computed from the windows of dirty hours, so the answer does
     not depend on when sealing last ran.
     """
+    # The outer if folds (``_g`` is a constant): below a day only the hour check runs per row.
     valid = (
-        f"multiIf(grain = {DAY_S}, {_CLEAN_DAY},\n"
-        f"            _g = {DAY_S}, {_CLEAN_HOUR} AND NOT has(_days.1, toUInt16(toDate(r.t))),\n"
+        f"if(_g = {DAY_S},\n"
+        f"            if(grain = {DAY_S}, {_CLEAN_DAY},"
+        f" {_CLEAN_HOUR} AND NOT has(_days.1, toUInt16(toDate(r.t)))),\n"
         f"            {_CLEAN_HOUR})"
     )
     raw_values = level.values.replace("min AS lo", "lo").replace("max AS hi", "hi")

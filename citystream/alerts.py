@@ -479,6 +479,39 @@ def _kind(domain: str, family: str, evidence: Sequence[Mapping[str, Any]]) -> st
     return "traffic_anomaly"
 
 
+def _verdict(
+    key_id: str,
+    metric: str,
+    window: tuple[int, int],
+    observed: float,
+    expected: float | None,
+    z: float,
+    threshold: float,
+    detector: str,
+    severity: str,
+    note: str,
+) -> dict[str, Any]:
+    """A group check's verdict: what ``GroupEngine._anomaly`` publishes and the evidence lists hold.
+
+    Why one builder: the relation, balance and zone checks must score alike
+    (``z`` at ``threshold`` scores as a per-metric verdict at its own
+    threshold does), or alerts would rank them differently by accident.
+    """
+    return {
+        "key_id": key_id,
+        "metric": metric,
+        "window_start": window[0],
+        "window_end": window[1],
+        "observed": observed,
+        "expected": expected,
+        "z": z,
+        "score": tail_score(3.0 * z / threshold),
+        "detector": detector,
+        "severity": severity,
+        "note": note,
+    }
+
+
 def _max_severity(a: str, b: str) -> str:
     return a if SEVERITIES.index(a) >= SEVERITIES.index(b) else b
 
@@ -889,19 +922,18 @@ class GroupEngine:
                 f"current_a {v['observed']:.4g} A is {100.0 * share:.1f} % of its substation's bus, "
                 f"{pct:+.0f} % on its usual share ({res.z:+.1f} sd)"
             )
-            v0 = {
-                "key_id": sid,
-                "metric": "current_a",
-                "window_start": v["window_start"],
-                "window_end": window_end,
-                "observed": v["observed"],
-                "expected": bus["observed"] * math.exp(ds["c"]),
-                "z": res.z,
-                "score": tail_score(3.0 * res.z / rel.k),
-                "detector": "share-v1",
-                "severity": "critical" if res.bias >= 2 * rel.tolerance else "warning",
-                "note": note,
-            }
+            v0 = _verdict(
+                sid,
+                "current_a",
+                (v["window_start"], window_end),
+                observed=v["observed"],
+                expected=bus["observed"] * math.exp(ds["c"]),
+                z=res.z,
+                threshold=rel.k,
+                detector="share-v1",
+                severity="critical" if res.bias >= 2 * rel.tolerance else "warning",
+                note=note,
+            )
             out["anomalies"].append(self._anomaly("grid", v0))
             evidence.setdefault(fam, []).append(v0)
 
@@ -974,19 +1006,18 @@ class GroupEngine:
                 f"station s{n + 1:03d} counts {share:.0f} % fewer vehicles than s{n:03d} upstream "
                 f"usually sends it ({res.z:+.1f} sd) while it runs freely: blocked between them"
             )
-            v0 = {
-                "key_id": f"traffic-{zone}-s{n:03d}",
-                "metric": "vehicle_count",
-                "window_start": window_end - self.config.window_ms,
-                "window_end": window_end,
-                "observed": dn["vehicles"],
-                "expected": q_up * math.exp(ds["c"]) - 0.5,
-                "z": res.z,
-                "score": tail_score(3.0 * res.z / rel.k),
-                "detector": "conservation-v1",
-                "severity": "warning",
-                "note": note,
-            }
+            v0 = _verdict(
+                f"traffic-{zone}-s{n:03d}",
+                "vehicle_count",
+                (window_end - self.config.window_ms, window_end),
+                observed=dn["vehicles"],
+                expected=q_up * math.exp(ds["c"]) - 0.5,
+                z=res.z,
+                threshold=rel.k,
+                detector="conservation-v1",
+                severity="warning",
+                note=note,
+            )
             anomaly = self._anomaly("traffic", v0)
             anomaly["key_kind"] = "site"
             out["anomalies"].append(anomaly)
@@ -1127,19 +1158,18 @@ class GroupEngine:
             f"tank level moved {y * 100:+.1f} cm in a window where pump and inlet flows imply "
             f"{(y - resid) * 100:+.1f} cm ({z:+.1f} sd)"
         )
-        v0 = {
-            "key_id": level["key_id"],
-            "metric": "tank_level_m",
-            "window_start": level["window_start"],
-            "window_end": window_end,
-            "observed": level["observed"],
-            "expected": prev + y - resid,
-            "z": z,
-            "score": tail_score(3.0 * z / rule.balance_z),
-            "detector": "balance-v1",
-            "severity": "critical" if abs(z) >= 2 * rule.balance_z else "warning",
-            "note": note,
-        }
+        v0 = _verdict(
+            level["key_id"],
+            "tank_level_m",
+            (level["window_start"], window_end),
+            observed=level["observed"],
+            expected=prev + y - resid,
+            z=z,
+            threshold=rule.balance_z,
+            detector="balance-v1",
+            severity="critical" if abs(z) >= 2 * rule.balance_z else "warning",
+            note=note,
+        )
         out["anomalies"].append(self._anomaly("water", v0))
         evidence.setdefault(fam, []).append(v0)
 
@@ -1190,19 +1220,18 @@ class GroupEngine:
                 f"pump reports running but delivers {flow['observed']:.3g} L/s, "
                 f"{100.0 * flow['observed'] / usual:.0f} % of its usual {usual:.3g} L/s"
             )
-            v0 = {
-                "key_id": sid,
-                "metric": "flow_lps",
-                "window_start": flow["window_start"],
-                "window_end": window_end,
-                "observed": flow["observed"],
-                "expected": usual,
-                "z": res.z,
-                "score": tail_score(3.0 * res.z / rel.k),
-                "detector": "pump-v1",
-                "severity": "critical",
-                "note": note,
-            }
+            v0 = _verdict(
+                sid,
+                "flow_lps",
+                (flow["window_start"], window_end),
+                observed=flow["observed"],
+                expected=usual,
+                z=res.z,
+                threshold=rel.k,
+                detector="pump-v1",
+                severity="critical",
+                note=note,
+            )
             out["anomalies"].append(self._anomaly("water", v0))
             evidence.setdefault(fam, []).append(v0)
 
@@ -1251,19 +1280,18 @@ class GroupEngine:
                 f"{len(agree)} of {len(vs)} {metric} sensors moved together "
                 f"({'up' if sign > 0 else 'down'}, combined {zz:+.1f} sd)"
             )
-            v0 = {
-                "key_id": fam[1],
-                "metric": metric,
-                "window_start": window_end - self.config.window_ms,
-                "window_end": window_end,
-                "observed": mean_obs,
-                "expected": None,
-                "z": zz,
-                "score": tail_score(3.0 * zz / r.zone_z),
-                "detector": "zone-v1",
-                "severity": "critical" if abs(zz) >= 2 * r.zone_z else "warning",
-                "note": note,
-            }
+            v0 = _verdict(
+                fam[1],
+                metric,
+                (window_end - self.config.window_ms, window_end),
+                observed=mean_obs,
+                expected=None,
+                z=zz,
+                threshold=r.zone_z,
+                detector="zone-v1",
+                severity="critical" if abs(zz) >= 2 * r.zone_z else "warning",
+                note=note,
+            )
             anomaly = self._anomaly(domain, v0)
             anomaly["key_kind"] = "zone"
             out["anomalies"].append(anomaly)

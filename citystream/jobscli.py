@@ -2,7 +2,8 @@
 
 The same job file runs three ways without code changes: in-process on a
 local MiniCluster (``run``), on the project's standalone cluster
-(``submit``), and with plain ``flink run -py jobs/NAME.py`` on any cluster.
+(``submit``), and with plain ``flink run -py jobs/NAME.py -- ARGS`` on any
+cluster (the ``--`` keeps the Flink CLI from taking ``--parallelism`` for itself).
 
 Upgrading a running job keeps its state: ``stop`` takes a savepoint and
 stops the job, ``submit --from-savepoint PATH`` starts the new code from it
@@ -47,6 +48,28 @@ def run_local(name: str, job_args: list[str]) -> int:
     return int(importlib.import_module(f"jobs.{Path(JOBS[name]).stem}").main(job_args) or 0)
 
 
+def flink_run_command(
+    flink_home: Path,
+    program: Path,
+    job_args: list[str],
+    *,
+    detached: bool = False,
+    savepoint: str | None = None,
+) -> list[str]:
+    """``flink run -py PROGRAM -- ARGS``: the arguments reach the program as given.
+
+    Why the ``--``: without it the Flink CLI takes every leading argument
+    it knows as its own: ``--parallelism 2`` set the CLI's parallelism, and
+    the job, not seeing it, set its default (1).
+    """
+    cmd = [str(flink_home / "bin" / "flink"), "run"]
+    if detached:
+        cmd.append("--detached")
+    if savepoint:
+        cmd += ["--fromSavepoint", savepoint]
+    return [*cmd, "-py", str(program), "--", *job_args]
+
+
 def submit(
     settings: Settings,
     name: str,
@@ -61,12 +84,7 @@ def submit(
     flink = Flink(settings)
     if not flink.running():
         raise UserError("the Flink cluster is not running: start it with `citystream stack up`")
-    cmd = [str(flink.home() / "bin" / "flink"), "run"]
-    if detached:
-        cmd.append("--detached")
-    if savepoint:
-        cmd += ["--fromSavepoint", savepoint]
-    cmd += ["-py", str(job_file(name)), *job_args]
+    cmd = flink_run_command(flink.home(), job_file(name), job_args, detached=detached, savepoint=savepoint)
     env = flink.env()
     env.update(settings.to_env())
     env.setdefault("JVM_ARGS", "-Xmx512m")

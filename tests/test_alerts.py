@@ -7,6 +7,7 @@ beyond reading the shipped config.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
@@ -307,6 +308,33 @@ def test_drift_against_neighbours_is_a_health_event() -> None:
     assert "+9.5 %" in health[0]["details"]  # exp(0.0912) - 1
 
 
+def _tank(windows: int) -> Iterator[tuple[int, float, float, float]]:
+    """(window, level, pump flow, inlet flow) of a tank that follows the law the balance check learns.
+
+    The level moves by mid-window to mid-window flows: the pump fills it (on every other ten
+    windows), the inlet meter's flow drains it, plus a steady 1 mm.
+    """
+    level, prev = 3.0, None
+    for k in range(windows):
+        pump = 40.0 if (k // 10) % 2 else 0.0
+        inlet = 30.0 + (k % 7)
+        if prev is not None:
+            level += 0.0004 * (prev[0] + pump) / 2 - 0.0002 * (prev[1] + inlet) / 2 + 0.001
+        prev = (pump, inlet)
+        yield k, level, pump, inlet
+
+
+def _tank_verdicts(k: int, level: float, pump: float, inlet: float) -> list[dict]:
+    vs = []
+    for sid, metric, x in (("water-z01-tank1-level", "tank_level_m", level),
+                           ("water-z01-ps1-pump", "flow_lps", pump),
+                           ("water-z01-inlet-flow", "flow_lps", inlet)):  # fmt: skip
+        v = verdict(k, sid, 0.0, False)
+        v.update(metric=metric, observed=x)
+        vs.append(v)
+    return vs
+
+
 def test_tank_balance_learns_the_dma_and_flags_an_unmetered_inflow() -> None:
     rules = {
         "tank_level_m": MetricRule("tank_level_m", balance_z=10.0, min_scale=0.01, warmup_windows=20),
@@ -315,23 +343,10 @@ def test_tank_balance_learns_the_dma_and_flags_an_unmetered_inflow() -> None:
     c = DetectionConfig(60_000, {"water": DomainRules("water", "zone", rules)}, AlertPolicy())
     e = GroupEngine(c)
     st = e.init()
-    level, prev = 3.0, None
     found = []
-    for k in range(80):
-        pump = 40.0 if (k // 10) % 2 else 0.0
-        inlet = 30.0 + (k % 7)
-        if prev is not None:  # the law the check must learn: mid-window to mid-window flows
-            level += 0.0004 * (prev[0] + pump) / 2 - 0.0002 * (prev[1] + inlet) / 2 + 0.001
-        prev = (pump, inlet)
+    for k, level, pump, inlet in _tank(80):
         observed = level + (0.05 if k == 79 else 0.0)  # 5 cm nobody pumped in
-        vs = []
-        for sid, metric, x in (("water-z01-tank1-level", "tank_level_m", observed),
-                               ("water-z01-ps1-pump", "flow_lps", pump),
-                               ("water-z01-inlet-flow", "flow_lps", inlet)):  # fmt: skip
-            v = verdict(k, sid, 0.0, False)
-            v.update(metric=metric, observed=x)
-            vs.append(v)
-        st, recs = e.step(st, "water", T0 + (k + 1) * W, vs)
+        st, recs = e.step(st, "water", T0 + (k + 1) * W, _tank_verdicts(k, observed, pump, inlet))
         found += [(k, a["detector"]) for a in recs["anomalies"]]
     # residuals are ~0 once learned; the scale floor is min_scale / 10 = 1 mm, so 5 cm is 50 sd
     assert found == [(79, "balance-v1")]
@@ -583,25 +598,12 @@ def test_tank_balance_restarts_after_a_gap() -> None:
     }
     e = GroupEngine(water_cfg(**rules))
     st = e.init()
-    level, prev = 3.0, None
-    found = []
-    for k in range(80):
-        pump = 40.0 if (k // 10) % 2 else 0.0
-        inlet = 30.0 + (k % 7)
-        if prev is not None:
-            level += 0.0004 * (prev[0] + pump) / 2 - 0.0002 * (prev[1] + inlet) / 2 + 0.001
-        prev = (pump, inlet)
+    found, moved = [], 0.0
+    for k, level, pump, inlet in _tank(80):
         if 70 <= k < 73:
-            level += 0.1  # 30 cm moved while nothing was reported: not an anomaly after the gap
+            moved += 0.1  # 30 cm moved while nothing was reported: not an anomaly after the gap
             continue
-        vs = []
-        for sid, metric, x in (("water-z01-tank1-level", "tank_level_m", level),
-                               ("water-z01-ps1-pump", "flow_lps", pump),
-                               ("water-z01-inlet-flow", "flow_lps", inlet)):  # fmt: skip
-            v = verdict(k, sid, 0.0, False)
-            v.update(metric=metric, observed=x)
-            vs.append(v)
-        st, recs = e.step(st, "water", T0 + (k + 1) * W, vs)
+        st, recs = e.step(st, "water", T0 + (k + 1) * W, _tank_verdicts(k, level + moved, pump, inlet))
         found += [(k, a["detector"]) for a in recs["anomalies"]]
     assert found == []
 

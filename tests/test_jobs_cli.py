@@ -109,3 +109,26 @@ def test_job_arguments_after_the_separator_reach_the_job() -> None:
     )
     assert _job_args(ns) == ["-x"] and ns.detached and ns.from_savepoint == "/sp" and not ns.bounded
     assert _job_args(argparse.Namespace(bounded=False, job_args=[])) == []
+
+
+def test_flink_run_hands_the_job_its_arguments_unchanged(tmp_path: Path) -> None:
+    # The real bundled Flink CLI (no cluster needed: the program only prints what it got). Without
+    # the separator the CLI took a leading --parallelism 2 for itself and the job never saw it.
+    from citystream.jobscli import flink_run_command
+    from citystream.stack import Flink
+
+    program = tmp_path / "show_args.py"
+    program.write_text("import sys\nprint('ARGS', sys.argv[1:])\n")
+    job_args = ["--parallelism", "2", "--bounded", "-p", "3"]
+    env = child_env()
+    env.update(
+        PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+        FLINK_LOG_DIR=str(tmp_path),
+        JVM_ARGS="-Xmx256m",
+    )
+    done = subprocess.run(
+        flink_run_command(Flink.home(), program, job_args),
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"ARGS {job_args!r}" in done.stdout, done.stdout

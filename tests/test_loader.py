@@ -101,6 +101,20 @@ def test_framer_accepts_exactly_what_decodes(name: str) -> None:
             # canonical encoding, and the loader re-encodes what fastavro read.
             assert contracts.encode(name, contracts.decode(name, value)) != value
     assert not verdicts.all()
+    # Alone, a record's varints are all one byte or not: the one-byte fast path and the general
+    # walk must agree with the verdicts the whole mixed batch got.
+    alone = [bool(framer.check([v])[0]) for v in mutated + good]
+    assert alone == list(verdicts) + [True] * len(good)
+
+
+def test_framer_reads_negative_and_multi_byte_varints() -> None:
+    schema = {"type": "record", "name": "R", "fields": [{"name": "u", "type": ["null", "long"]}]}
+    framer = Framer(schema)
+    # zigzag: 0x01 is -1 (no such branch), 0x02 branch 1, then longs -1, 64 (two bytes), -65.
+    values = [b"\x01", b"\x00", b"\x02\x01", b"\x02\x80\x01", b"\x02\x81\x01", b"\x02", b"\x00\x00"]
+    want = [False, True, True, True, True, False, False]
+    assert list(framer.check(values)) == want
+    assert [bool(framer.check([v])[0]) for v in values] == want
 
 
 def test_container_holds_the_records_in_order() -> None:

@@ -273,6 +273,23 @@ def flag_sign(previous: int, bias: float, z: float, k: float, tolerance: float) 
     return 0
 
 
+def judge_window(
+    st: dict[str, Any], t: int, residual: float, variance: float, halflife: float, k: float, tolerance: float
+) -> tuple[float, float, bool]:
+    """Fold window ``t``'s residual into a check's state: its evidence and its flag, then (bias, z, flagged).
+
+    Why one step for every check: the time since the last judged window
+    (``st["t"]``), the evidence (``st["e"]``) and the flag's hysteresis
+    (``st["d"]``) must work alike in all of them, or the same fault would
+    clear sooner in one check than in another.
+    """
+    gap = 1.0 if st["t"] is None else float(t - st["t"])
+    st["e"], bias, z = weighted_evidence(st["e"], gap, residual, variance, halflife)
+    st["t"] = t
+    st["d"] = flag_sign(st["d"], bias, z, k, tolerance)
+    return bias, z, st["d"] != 0
+
+
 @dataclass(frozen=True)
 class SpeedCheck:
     """What one window said about a loop's speed channel (see ``LoopSpeedCheck``)."""
@@ -399,11 +416,7 @@ class LoopSpeedCheck:
             a, b = self._fit(st["ff"], b0)
             resid = y - (a + b * occupancy)
             var = st["sv"] / vehicles + self.model_floor**2
-            gap = 1.0 if st["t"] is None else float(t - st["t"])
-            st["e"], bias, z = weighted_evidence(st["e"], gap, resid, var, self.halflife)
-            st["t"] = t
-            st["d"] = flag_sign(st["d"], bias, z, self.k, self.tolerance)
-            flag = st["d"] != 0
+            bias, z, flag = judge_window(st, t, resid, var, self.halflife, self.k, self.tolerance)
             out = SpeedCheck(True, bias, z, flag)
             learn = abs(z) < self.learn_below and resid * resid <= 9.0 * var
         if not learn:
@@ -490,11 +503,8 @@ class RelationDrift:
         r = value - st["c"]
         var = max(st["v"], 0.0) + self.floor**2 + extra_var
         lim = self.clip * self.tolerance
-        gap = 1.0 if st["t"] is None else float(t - st["t"])
-        st["e"], bias, z = weighted_evidence(st["e"], gap, max(-lim, min(lim, r)), var, self.halflife)
-        st["t"] = t
-        st["d"] = flag_sign(st["d"], bias, z, self.k, self.tolerance)
-        flagged = st["d"] != 0
+        clipped = max(-lim, min(lim, r))
+        bias, z, flagged = judge_window(st, t, clipped, var, self.halflife, self.k, self.tolerance)
         a = 1.0 - 0.5 ** (1.0 / self.memory)
         if abs(z) < self.learn_below and r * r <= 9.0 * var:
             st["c"] = st["c"] + a * r
@@ -504,7 +514,7 @@ class RelationDrift:
             # what lasts much longer than the memory becomes the new normal: the offset follows
             # the clipped residual at the memory's pace, so a relation cannot stay flagged forever
             # on a baseline frozen at the start of an event (its spread is not learned from it)
-            st["c"] = st["c"] + a * max(-lim, min(lim, r))
+            st["c"] = st["c"] + a * clipped
         return st, RelationCheck(r, bias, z, flagged)
 
 
@@ -582,11 +592,8 @@ class LinearDrift:
                 r = (y - sum(th * xi for th, xi in zip(theta, x, strict=True))) / abs(y)
                 var = st["v"] + self.floor**2
                 lim = self.clip * self.tolerance
-                gap = 1.0 if st["t"] is None else float(t - st["t"])
-                st["e"], bias, z = weighted_evidence(st["e"], gap, max(-lim, min(lim, r)), var, self.halflife)
-                st["t"] = t
-                st["d"] = flag_sign(st["d"], bias, z, self.k, self.tolerance)
-                flagged = st["d"] != 0
+                clipped = max(-lim, min(lim, r))
+                bias, z, flagged = judge_window(st, t, clipped, var, self.halflife, self.k, self.tolerance)
                 out = RelationCheck(r, bias, z, flagged)
                 learn = abs(z) < self.learn_below and r * r <= 9.0 * var
                 if learn:

@@ -1062,7 +1062,8 @@ def _normalized(rows: list[Any]) -> list[tuple[Any, ...]]:
             return v.replace(tzinfo=UTC).isoformat()
         return v
 
-    return [tuple(one(v) for v in row) for row in rows]
+    # Sorted: rows of one bucket may come in any order (per-sensor panels order by time only).
+    return sorted((tuple(one(v) for v in row) for row in rows), key=repr)
 
 
 def _answers(client: Any) -> dict[tuple[str, int, int], list[tuple[Any, ...]]]:

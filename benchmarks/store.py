@@ -169,17 +169,27 @@ class _Store:
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**__import__("os").environ, **settings.to_env()},
             )  # fmt: skip
+        import logging
+
         from citystream.store.client import connect
 
+        # Refused connections while the store starts are expected: not clickhouse-connect's
+        # "Unexpected Http Driver Exception" on stderr.
+        quiet = logging.getLogger("clickhouse_connect")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                connect(settings, connect_timeout=2).close()
-                return
-            except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise UserError(f"the store did not start; see {log}") from None
-                time.sleep(0.1)
+        try:
+            while True:
+                try:
+                    connect(settings, connect_timeout=2).close()
+                    return
+                except Exception:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise UserError(f"the store did not start; see {log}") from None
+                    time.sleep(0.1)
+        finally:
+            quiet.setLevel(level)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

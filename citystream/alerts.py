@@ -512,6 +512,30 @@ def _verdict(
     }
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """One window of the group stage, as every relation check reads and extends it.
+
+    Why one object: the checks (zone coherence, tank balance, pump delivery,
+    flow conservation, feeder share) all read the window's verdicts by sensor
+    and the engine state, and add evidence, live families and anomalies to the
+    same collections; ``GroupEngine.step`` grows incidents from them after.
+    """
+
+    domain: str
+    by_sensor: Mapping[str, Sequence[Mapping[str, Any]]]
+    st: dict[str, Any]
+    evidence: dict[tuple[str, str], list[Mapping[str, Any]]]
+    alive: set[tuple[str, str]]
+    window_end: int
+    out: dict[str, list[dict[str, Any]]]
+
+    def publish(self, anomaly: dict[str, Any], family: tuple[str, str], verdict: Mapping[str, Any]) -> None:
+        """An anomaly to publish, and its verdict as evidence for the family's incident."""
+        self.out["anomalies"].append(anomaly)
+        self.evidence.setdefault(family, []).append(verdict)
+
+
 def _max_severity(a: str, b: str) -> str:
     return a if SEVERITIES.index(a) >= SEVERITIES.index(b) else b
 
@@ -587,14 +611,15 @@ class GroupEngine:
                     out["anomalies"].append(self._anomaly(domain, v))
                 if abs(v["z"]) >= pol.keep_z:
                     alive.add(fam)
-        self._coherent(domain, by_sensor, st, evidence, alive, window_end, out)
+        checks = _Pass(domain, by_sensor, st, evidence, alive, window_end, out)
+        self._coherent(checks)
         if domain == "water":
-            self._tank_balance(by_sensor, st, evidence, alive, window_end, out)
-            self._pump_delivery(by_sensor, st, evidence, alive, window_end, out)
+            self._tank_balance(checks)
+            self._pump_delivery(checks)
         if domain == "traffic":
-            self._flow_conservation(by_sensor, st, evidence, alive, window_end, out)
+            self._flow_conservation(checks)
         if domain == "grid":
-            self._feeder_share(by_sensor, st, evidence, alive, window_end, out)
+            self._feeder_share(checks)
         for fam, ev in sorted(evidence.items()):
             self._grow(st, domain, fam, ev, window_end, out)
         for fam_s in sorted(faults.values()):
@@ -869,15 +894,7 @@ class GroupEngine:
                 )
         return ignored
 
-    def _feeder_share(
-        self,
-        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
-        st: dict[str, Any],
-        evidence: dict[tuple[str, str], list[Mapping[str, Any]]],
-        alive: set[tuple[str, str]],
-        window_end: int,
-        out: dict[str, list[dict[str, Any]]],
-    ) -> None:
+    def _feeder_share(self, w: _Pass) -> None:
         """A feeder phase's share of its substation's bus current (Kirchhoff: the bus carries the sum).
 
         Why the share and not the current: every feeder follows the city's
@@ -889,6 +906,7 @@ class GroupEngine:
         substation's electrical family; a share that falls is the other side
         of someone else's event and is not reported.
         """
+        by_sensor, st, alive, window_end = w.by_sensor, w.st, w.alive, w.window_end
         r = self.config.rule("grid", "current_a")
         if r is None or r.relation_tolerance <= 0:
             return
@@ -934,18 +952,9 @@ class GroupEngine:
                 severity="critical" if res.bias >= 2 * rel.tolerance else "warning",
                 note=note,
             )
-            out["anomalies"].append(self._anomaly("grid", v0))
-            evidence.setdefault(fam, []).append(v0)
+            w.publish(self._anomaly("grid", v0), fam, v0)
 
-    def _flow_conservation(
-        self,
-        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
-        st: dict[str, Any],
-        evidence: dict[tuple[str, str], list[Mapping[str, Any]]],
-        alive: set[tuple[str, str]],
-        window_end: int,
-        out: dict[str, list[dict[str, Any]]],
-    ) -> None:
+    def _flow_conservation(self, w: _Pass) -> None:
         """Vehicles counted at a station against those counted at the next one downstream.
 
         Why: between two loops of a road vehicles are conserved (up to ramps
@@ -958,6 +967,7 @@ class GroupEngine:
         used only when every lane it reported is healthy. Evidence for the
         zone's traffic family, naming both stations' loops.
         """
+        by_sensor, st, alive, window_end = w.by_sensor, w.st, w.alive, w.window_end
         r = self.config.rule("traffic", "vehicle_count")
         if r is None or r.relation_tolerance <= 0:
             return
@@ -1020,9 +1030,9 @@ class GroupEngine:
             )
             anomaly = self._anomaly("traffic", v0)
             anomaly["key_kind"] = "site"
-            out["anomalies"].append(anomaly)
+            w.out["anomalies"].append(anomaly)
             for sid in up["lanes"] + dn["lanes"]:
-                evidence.setdefault(fam, []).append({**v0, "key_id": sid})
+                w.evidence.setdefault(fam, []).append({**v0, "key_id": sid})
 
     def _speed_physics(
         self, sid: str, vs: Sequence[Mapping[str, Any]], states: dict[str, Any], out: dict[str, str]
@@ -1079,15 +1089,7 @@ class GroupEngine:
             min_vehicles=r.drift_min_count,
         )
 
-    def _tank_balance(
-        self,
-        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
-        st: dict[str, Any],
-        evidence: dict[tuple[str, str], list[Mapping[str, Any]]],
-        alive: set[tuple[str, str]],
-        window_end: int,
-        out: dict[str, list[dict[str, Any]]],
-    ) -> None:
+    def _tank_balance(self, w: _Pass) -> None:
         """Water mass balance of a DMA's tank: level change vs what the pump and the inlet moved.
 
         Why learned: tank area, pump curve and the share of demand the tank
@@ -1098,6 +1100,7 @@ class GroupEngine:
         inflow, a failed level control) or draining with the pump running is
         a residual no single-sensor model sees.
         """
+        by_sensor, st, alive, window_end = w.by_sensor, w.st, w.alive, w.window_end
         level = pump = inlet = None
         for sid, vs in by_sensor.items():
             if not self._settled(st, sid, window_end):
@@ -1170,18 +1173,9 @@ class GroupEngine:
             severity="critical" if abs(z) >= 2 * rule.balance_z else "warning",
             note=note,
         )
-        out["anomalies"].append(self._anomaly("water", v0))
-        evidence.setdefault(fam, []).append(v0)
+        w.publish(self._anomaly("water", v0), fam, v0)
 
-    def _pump_delivery(
-        self,
-        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
-        st: dict[str, Any],
-        evidence: dict[tuple[str, str], list[Mapping[str, Any]]],
-        alive: set[tuple[str, str]],
-        window_end: int,
-        out: dict[str, list[dict[str, Any]]],
-    ) -> None:
+    def _pump_delivery(self, w: _Pass) -> None:
         """A pump that reports running against the flow it delivers while running.
 
         Why not the flow's own baseline: a pump is either off (0) or on at
@@ -1192,6 +1186,7 @@ class GroupEngine:
         minute, and a run at a fraction of it (air lock, broken impeller,
         closed valve) is evidence for its DMA from the first window on.
         """
+        by_sensor, st, alive, window_end = w.by_sensor, w.st, w.alive, w.window_end
         r = self.config.rule("water", "flow_lps")
         if r is None or r.relation_tolerance <= 0:
             return
@@ -1232,19 +1227,9 @@ class GroupEngine:
                 severity="critical",
                 note=note,
             )
-            out["anomalies"].append(self._anomaly("water", v0))
-            evidence.setdefault(fam, []).append(v0)
+            w.publish(self._anomaly("water", v0), fam, v0)
 
-    def _coherent(
-        self,
-        domain: str,
-        by_sensor: Mapping[str, Sequence[Mapping[str, Any]]],
-        st: Mapping[str, Any],
-        evidence: dict[tuple[str, str], list[Mapping[str, Any]]],
-        alive: set[tuple[str, str]],
-        window_end: int,
-        out: dict[str, list[dict[str, Any]]],
-    ) -> None:
+    def _coherent(self, w: _Pass) -> None:
         """Many sensors of one place moving together a little is one strong signal.
 
         Why: a leak lowers every pressure of its DMA by ~3 sd - no single
@@ -1254,6 +1239,7 @@ class GroupEngine:
         is set well above what ordinary common-mode swings reach, because
         the sensors' residuals are correlated and the combination assumes not.
         """
+        domain, by_sensor, st, alive, window_end = w.domain, w.by_sensor, w.st, w.alive, w.window_end
         pools: dict[tuple[tuple[str, str], str], list[Mapping[str, Any]]] = {}
         for sid, vs in by_sensor.items():
             if st["sensors"][sid]["status"] != OK:
@@ -1294,9 +1280,9 @@ class GroupEngine:
             )
             anomaly = self._anomaly(domain, v0)
             anomaly["key_kind"] = "zone"
-            out["anomalies"].append(anomaly)
+            w.out["anomalies"].append(anomaly)
             for v in agree:
-                evidence.setdefault(fam, []).append(
+                w.evidence.setdefault(fam, []).append(
                     {**v, "z": v["lz"], "severity": v0["severity"], "note": note}
                 )
 

@@ -519,12 +519,12 @@ class Loader:
     # ------------------------------------------------------------------ one table
 
     def _prepare_topic(self, topic: str, parts: list[tuple[int, list[Any]]]) -> _Prepared:
+        from confluent_kafka import Message
+
         from citystream import contracts
 
         route = self.routes[topic]
         item = _Prepared(topic=topic, kept=[m for _, msgs in parts for m in msgs])
-        from confluent_kafka import Message
-
         values = list(map(Message.value, item.kept))
         if None in values:
             self.stats.tombstones += values.count(None)

@@ -94,7 +94,7 @@ def _reading(domain: str, sensor: int, t_ms: int, seq: int, rng: random.Random) 
 
 def produce(settings: Settings, events: int, sensors: int) -> None:
     """``events`` readings per domain in near event-time order (jitter below the watermark bound)."""
-    from connectors.producer import ReadingProducer, encode
+    from citystream.connectors.producer import ReadingProducer, encode
 
     rng = random.Random(42)
     with ReadingProducer(settings.kafka_bootstrap) as producer:
@@ -127,9 +127,9 @@ def run_domain(settings: Settings, domain_name: str, parallelism: int) -> float:
     """Wall seconds of one bounded run of the domain job (blackhole sinks)."""
     import importlib
 
-    from jobs.common import Windows, job_environment, process, raw_kafka_table
+    from citystream.jobs.common import Windows, job_environment, process, raw_kafka_table
 
-    domain = getattr(importlib.import_module(f"jobs.{domain_name}"), domain_name.upper())
+    domain = getattr(importlib.import_module(f"citystream.jobs.{domain_name}"), domain_name.upper())
     t_env = job_environment(settings, parallelism=parallelism, checkpoint_interval=CHECKPOINT)
     windows = Windows()
     t_env.execute_sql(
@@ -151,9 +151,9 @@ def run_domain(settings: Settings, domain_name: str, parallelism: int) -> float:
 
 def run_baseline(settings: Settings, parallelism: int) -> float:
     """Wall seconds of jobs/windows.py's SQL (avro format, one tumbling window) into a blackhole."""
-    from jobs.runtime import table_environment
-    from jobs.sql import kafka_table
-    from jobs.windows import window_aggregates
+    from citystream.jobs.runtime import table_environment
+    from citystream.jobs.sql import kafka_table
+    from citystream.jobs.windows import window_aggregates
 
     t_env = table_environment(settings, parallelism=parallelism)
     t_env.get_config().set("execution.checkpointing.interval", CHECKPOINT)

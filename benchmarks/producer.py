@@ -34,7 +34,7 @@ def _values(n: int) -> tuple[list[bytes], list[bytes]]:
 
 
 def _confluent(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes]) -> float:
-    from connectors.producer import ReadingProducer
+    from citystream.connectors.producer import ReadingProducer
 
     start = time.perf_counter()
     with ReadingProducer(bootstrap, compression="zstd") as producer:

@@ -23,7 +23,7 @@ COMMAND_MODULES = [
     "citystream.jobscli",
     "citystream.querycli",
     "citystream.store.cli",
-    "dashboards.cli",
+    "citystream.dashboards.cli",
     "citystream.simulator.cli",
     "citystream.importer",
     "citystream.detect.cli",

@@ -74,7 +74,7 @@ def expected(rows: list[dict], metrics: tuple[str, ...], window_ms: int = 60_000
 
 def run(settings: Settings, *, sensors: int, minutes: int, keep_running: bool, echo=print) -> int:
     from citystream import stack
-    from jobs.windows import GRID_METRICS
+    from citystream.jobs.windows import GRID_METRICS
 
     if sensors < 1 or minutes < 1:
         raise UserError("--sensors and --minutes must be at least 1")
@@ -91,7 +91,7 @@ def run(settings: Settings, *, sensors: int, minutes: int, keep_running: bool, e
             f"== producing {len(rows)} grid readings ({sensors} sensors x {minutes} min) to "
             f"{demo.topic('readings.grid')}"
         )
-        from connectors.producer import ReadingProducer
+        from citystream.connectors.producer import ReadingProducer
 
         with ReadingProducer(demo.kafka_bootstrap) as producer:
             for r in rows:
@@ -102,7 +102,7 @@ def run(settings: Settings, *, sensors: int, minutes: int, keep_running: bool, e
 
         submit(demo, "windows", ["--bounded"])
         echo("== loading results from Kafka into ClickHouse")
-        from connectors.loader import load
+        from citystream.connectors.loader import load
 
         stats = load(demo, until_end=True, group_id="citystream-demo-loader")
         echo(f"   loaded {stats.loaded} rows in {stats.batches} batches")

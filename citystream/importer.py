@@ -769,8 +769,8 @@ def _send(ds: Dataset, args: argparse.Namespace) -> int:
             ds, CountingSink(), prefix, speed=speed, shift_ms=shift, labels_file=args.labels_file
         )
     else:
+        from citystream.connectors.producer import ReadingProducer
         from citystream.simulator.cli import prepare_topics
-        from connectors.producer import ReadingProducer
 
         bootstrap = args.bootstrap or current.kafka_bootstrap
         compression = prepare_topics(bootstrap, prefix, current.topics_spec)

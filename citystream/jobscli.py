@@ -45,7 +45,7 @@ def run_local(name: str, job_args: list[str]) -> int:
     import importlib
 
     job_file(name)
-    return int(importlib.import_module(f"jobs.{Path(JOBS[name]).stem}").main(job_args) or 0)
+    return int(importlib.import_module(f"citystream.jobs.{Path(JOBS[name]).stem}").main(job_args) or 0)
 
 
 def flink_run_command(

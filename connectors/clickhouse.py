@@ -22,8 +22,8 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from connectors.avroframe import container
-from connectors.sink import Sink
+from citystream.connectors.avroframe import container
+from citystream.connectors.sink import Sink
 
 _UTC = dt.UTC
 

@@ -62,9 +62,10 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
+from citystream.connectors.avroframe import Framer, container
+from citystream.connectors.clickhouse import AvroSink, ClickHouseSink
+
 from citystream.settings import Settings
-from connectors.avroframe import Framer, container
-from connectors.clickhouse import AvroSink, ClickHouseSink
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboards import queries as q
-from dashboards.factories import (
+from citystream.dashboards import queries as q
+from citystream.dashboards.factories import (
     Band,
     Section,
     dashboard,

@@ -22,7 +22,7 @@ JSON_DIR = Path(__file__).resolve().parent / "json"
 
 def generate() -> dict[str, dict[str, Any]]:
     """Dashboard uid -> model, from the code in :mod:`dashboards.boards`."""
-    from dashboards.boards import all_dashboards
+    from citystream.dashboards.boards import all_dashboards
 
     models: dict[str, dict[str, Any]] = {}
     for model in all_dashboards():

@@ -17,15 +17,16 @@ import argparse
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from dashboards import build
+    from citystream.dashboards import build
 
     return build.main(["--check"] if args.check else [])
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
+    from citystream.dashboards import build
+    from citystream.dashboards.push import Credentials, push
+
     from citystream.settings import load as load_settings
-    from dashboards import build
-    from dashboards.push import Credentials, push
 
     settings = load_settings()
     credentials = Credentials(

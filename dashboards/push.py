@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from citystream.dashboards.factories import DATASOURCE_NAME, DATASOURCE_TYPE, DATASOURCE_UID
+
 from citystream.errors import UserError
 from citystream.settings import Settings
-from dashboards.factories import DATASOURCE_NAME, DATASOURCE_TYPE, DATASOURCE_UID
 
 FOLDER_UID = "citystream"
 FOLDER_TITLE = "citystream"

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dashboards.factories import in_filter
+from citystream.dashboards.factories import in_filter
 
 #: Length of the tumbling windows the jobs emit (jobs.common.Windows.tumble_s and zone_s; a test pins it).
 TUMBLE_S = 60

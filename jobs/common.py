@@ -161,7 +161,7 @@ def job_environment(
     settings: Settings, *, parallelism: int | None = None, checkpoint_interval: str | None = None
 ) -> TableEnvironment:
     """``jobs.runtime.table_environment`` plus the project's JVM functions and job-wide options."""
-    from jobs.runtime import connector_jars, table_environment
+    from citystream.jobs.runtime import connector_jars, table_environment
 
     t_env = table_environment(settings, parallelism=parallelism)
     conf = t_env.get_config()
@@ -201,7 +201,7 @@ def interval(seconds: int) -> str:
 
 def record_type(domain: Domain) -> str:
     """The Flink SQL ROW type of the domain's Avro record (what AVRO_DECODE returns)."""
-    from jobs.sql import columns
+    from citystream.jobs.sql import columns
 
     return f"ROW<{columns(domain.record)}>"
 
@@ -272,7 +272,7 @@ def raw_kafka_table(
 
 
 def _reading_fields(domain: Domain) -> list[str]:
-    from jobs.sql import avsc
+    from citystream.jobs.sql import avsc
 
     return [f["name"] for f in avsc(domain.record)["fields"] if f["name"] != "envelope"]
 
@@ -468,7 +468,7 @@ def append_sink(
     key_field: str | None = None,
 ) -> str:
     """Kafka table (Avro value, ``key_field`` as the raw key) for append-only results."""
-    from jobs.sql import kafka_table
+    from citystream.jobs.sql import kafka_table
 
     return kafka_table(
         table, record, topic=topic, bootstrap=bootstrap, sink=True,
@@ -536,7 +536,7 @@ def main_for(domain: Domain, argv: Sequence[str] | None = None) -> int:
     from citystream.settings import load as load_settings
 
     parser = argparse.ArgumentParser(
-        prog=f"jobs.{domain.name}",
+        prog=f"citystream.jobs.{domain.name}",
         description=f"citystream {domain.name} job: {domain.topic} -> aggregates, late events, "
         "dead letters, sensor health (Kafka topics from the CITYSTREAM_* settings).",
     )
@@ -587,7 +587,7 @@ def main_for(domain: Domain, argv: Sequence[str] | None = None) -> int:
         watermark_on_event=args.watermark_on_event,
     )  # fmt: skip
     outputs = process(t_env, domain, t_env.from_path(f"{domain.name}_raw"), windows)
-    from jobs.runtime import detached
+    from citystream.jobs.runtime import detached
 
     result = insert_all(t_env, outputs, sinks)
     if not detached():

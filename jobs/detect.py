@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run against Kafka from settings; ``--bounded`` stops at the offsets current at start."""
     from citystream.settings import load as load_settings
 
-    parser = argparse.ArgumentParser(prog="jobs.detect", description=__doc__)
+    parser = argparse.ArgumentParser(prog="citystream.jobs.detect", description=__doc__)
     parser.add_argument("--bounded", action="store_true", help="stop at the offsets current at start")
     parser.add_argument(
         "--config", type=Path, default=None, help="detection config (default infra/detection.toml)"
@@ -301,11 +301,10 @@ def run(
     restores too. With ``wait=False`` the job is left running and its
     ``TableResult`` returned (``get_job_client()`` stops it with a savepoint).
     """
+    from citystream.jobs.runtime import connector_jars
+    from citystream.jobs.sql import kafka_table
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
-
-    from jobs.runtime import connector_jars
-    from jobs.sql import kafka_table
 
     env = StreamExecutionEnvironment.get_execution_environment()
     configure(env, settings, parallelism=parallelism, savepoint=savepoint, bounded=bounded)
@@ -360,7 +359,7 @@ def run(
         t_env.create_temporary_view(f"{kind}_json", t_env.from_data_stream(texts))
         statements.add_insert_sql(f"INSERT INTO {kind}_sink SELECT {_as_sql(cols)} FROM {kind}_json")
     result = statements.execute()
-    from jobs.runtime import detached
+    from citystream.jobs.runtime import detached
 
     if not wait or detached():
         return result

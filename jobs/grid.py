@@ -11,9 +11,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from citystream.jobs.common import Domain, Metric, Outputs, Windows, main_for, process
 from pyflink.table import Table, TableEnvironment
-
-from jobs.common import Domain, Metric, Outputs, Windows, main_for, process
 
 #: Nominal system frequency, Hz (European grid); deviation metrics are relative to it.
 NOMINAL_HZ = 50.0

@@ -54,7 +54,7 @@ def window_aggregates(
 
 def build(t_env: TableEnvironment, settings: Settings, *, bounded: bool, out_of_order_s: int = 5) -> None:
     """Register source and sink tables for ``settings`` (Kafka topics, Avro)."""
-    from jobs.sql import kafka_table
+    from citystream.jobs.sql import kafka_table
 
     t_env.execute_sql(
         kafka_table(
@@ -84,9 +84,9 @@ def build(t_env: TableEnvironment, settings: Settings, *, bounded: bool, out_of_
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the slice: ``--bounded`` stops after the data present at start (demo, tests)."""
-    from jobs.runtime import detached, table_environment
+    from citystream.jobs.runtime import detached, table_environment
 
-    parser = argparse.ArgumentParser(prog="jobs.windows", description=__doc__)
+    parser = argparse.ArgumentParser(prog="citystream.jobs.windows", description=__doc__)
     parser.add_argument("--bounded", action="store_true", help="stop at the offsets current at start")
     parser.add_argument("--window-s", type=int, default=60, help="tumbling window size in seconds")
     args = parser.parse_args(argv)

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from citystream.dashboards import build, push
+from citystream.dashboards.boards import UIDS
+from citystream.dashboards.factories import DATASOURCE_TYPE, DATASOURCE_UID
 
 from citystream.errors import UserError
 from citystream.proc import free_port
 from citystream.settings import ROOT, Settings
-from dashboards import build, push
-from dashboards.boards import UIDS
-from dashboards.factories import DATASOURCE_TYPE, DATASOURCE_UID
 
 SHARED_GRAFANA = ROOT.parent / "shared" / "grafana"
 PROVISIONING = ROOT / "infra" / "grafana" / "provisioning"
@@ -781,8 +781,8 @@ def test_panels_show_each_window_once_at_its_latest_revision(viewer: Any) -> Non
 
 
 def test_tumbling_window_length_matches_the_jobs() -> None:
-    from dashboards.queries import TUMBLE_S
-    from jobs.common import Windows
+    from citystream.dashboards.queries import TUMBLE_S
+    from citystream.jobs.common import Windows
 
     assert Windows().tumble_s == Windows().zone_s == TUMBLE_S
     assert Windows().hop_size_s != TUMBLE_S

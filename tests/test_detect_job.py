@@ -52,10 +52,9 @@ def expected() -> list[tuple[str, str]]:
 
 
 def run_job(parallelism: int) -> list[tuple[str, str]]:
+    from citystream.jobs.detect import INPUT_FIELDS, INPUT_TYPE, configure, detect, with_window_watermarks
     from pyflink.common import Row
     from pyflink.datastream import StreamExecutionEnvironment
-
-    from jobs.detect import INPUT_FIELDS, INPUT_TYPE, configure, detect, with_window_watermarks
 
     env = StreamExecutionEnvironment.get_execution_environment()
     configure(env, parallelism=parallelism)
@@ -154,8 +153,9 @@ def test_kafka_in_kafka_out_matches_pure_detection(kafka) -> None:
     made downstream of the source would call j02's and j03's rows late; the
     source's per-partition watermarks must not.
     """
+    from citystream.jobs.detect import run
+
     from citystream.topics import ensure_topics
-    from jobs.detect import run
 
     settings = kafka.settings_.replace(topic_prefix="detectjob.")
     ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)

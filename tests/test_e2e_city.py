@@ -57,9 +57,10 @@ def _cli() -> str:
 @pytest.fixture(scope="module")
 def city(kafka, store, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Simulate, run the three jobs, load: returns settings, the summary and the read-back readings."""
+    from citystream.connectors.loader import load
+
     from citystream.store.migrate import migrate
     from citystream.topics import ensure_topics
-    from connectors.loader import load
 
     tmp = tmp_path_factory.mktemp("e2e")
     # One partition per topic: the topic's order is then the simulator's arrival order.

@@ -29,10 +29,10 @@ def _traffic(sensor: str, second: int, seq: int, count: int) -> dict:
 
 
 def test_jobs_run_traffic_bounded(kafka) -> None:
+    from citystream.connectors.producer import ReadingProducer
     from kafka import KafkaConsumer
 
     from citystream import contracts
-    from connectors.producer import ReadingProducer
 
     settings = kafka.settings_.replace(topic_prefix="cli.")
     topic = settings.topic("readings.traffic")

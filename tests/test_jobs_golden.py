@@ -441,9 +441,8 @@ def reference(domain: str, accepted: pd.DataFrame) -> dict[tuple, tuple]:
 @pytest.fixture(scope="module")
 def inputs(kafka) -> dict[str, list[Delivery]]:
     """Every domain's deliveries written to a one-partition topic per parallelism."""
+    from citystream.connectors.producer import ReadingProducer
     from confluent_kafka.admin import AdminClient, NewTopic
-
-    from connectors.producer import ReadingProducer
 
     data = {d: deliveries(d) for d in DOMAINS}
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
@@ -480,10 +479,10 @@ def _consume(settings, topic: str, record: str) -> list[dict]:
 @pytest.fixture(scope="module", params=[1, 2], ids=["p1", "p2"])
 def outputs(request, kafka, inputs) -> dict[str, list[dict]]:
     """All three jobs in one bounded Flink run (exactly-once sinks), their topics read back."""
-    from jobs.common import Windows, add_inserts, build, job_environment, process
-    from jobs.grid import GRID
-    from jobs.traffic import TRAFFIC
-    from jobs.water import WATER
+    from citystream.jobs.common import Windows, add_inserts, build, job_environment, process
+    from citystream.jobs.grid import GRID
+    from citystream.jobs.traffic import TRAFFIC
+    from citystream.jobs.water import WATER
 
     specs = {"grid": GRID, "traffic": TRAFFIC, "water": WATER}
 

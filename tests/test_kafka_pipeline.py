@@ -10,16 +10,16 @@ from __future__ import annotations
 import random
 
 import pytest
+from citystream.jobs.windows import GRID_METRICS
 
 from citystream import contracts, demo
-from jobs.windows import GRID_METRICS
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def produced(kafka) -> tuple[object, list[dict]]:
-    from connectors.producer import ReadingProducer
+    from citystream.connectors.producer import ReadingProducer
 
     settings = kafka.settings_.replace(topic_prefix="pipeline.")
     rows = demo.readings(sensors=3, minutes=3)
@@ -51,8 +51,8 @@ def _consume_all(settings, topic: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def aggregates(produced) -> list[dict]:
-    from jobs.runtime import table_environment
-    from jobs.windows import build, window_aggregates
+    from citystream.jobs.runtime import table_environment
+    from citystream.jobs.windows import build, window_aggregates
 
     settings, _ = produced
     t_env = table_environment(settings, parallelism=2)
@@ -76,8 +76,9 @@ def test_flink_reads_producer_avro_and_writes_contract_avro(produced, aggregates
 
 
 def test_loading_twice_changes_nothing_visible(produced, aggregates, store) -> None:
+    from citystream.connectors.loader import load
+
     from citystream.store.client import connect
-    from connectors.loader import load
 
     settings = produced[0].replace(store_port=store.settings.store_port)
     query = (

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from citystream.connectors.avroframe import Framer, container
+from citystream.connectors.loader import ROUTES, routes
 
 from citystream import contracts
 from citystream.proc import free_port
 from citystream.settings import Settings
-from connectors.avroframe import Framer, container
-from connectors.loader import ROUTES, routes
 
 T0 = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC: fixed epoch for every record
 GUARD_S = 120  # a wait that takes longer than this is a hang, not a slow machine
@@ -485,9 +485,10 @@ def test_load_command_runs_the_loader_standalone(kafka, store) -> None:
 
 @pytest.mark.integration
 def test_every_topic_lands_and_bad_records_become_dead_letters(kafka, store) -> None:
+    from citystream.connectors.loader import load
+
     from citystream.store.client import connect
     from citystream.store.migrate import migrate
-    from connectors.loader import load
 
     settings = _unique(kafka, store_port=store.settings.store_port)
     records = dataset(sensors=4, minutes=5)
@@ -531,8 +532,9 @@ def test_every_topic_lands_and_bad_records_become_dead_letters(kafka, store) -> 
 
 @pytest.mark.integration
 def test_loading_the_same_range_twice_changes_nothing_visible(kafka, store) -> None:
+    from citystream.connectors.loader import load
+
     from citystream.store.migrate import migrate
-    from connectors.loader import load
 
     settings = _unique(kafka, store_port=store.settings.store_port)
     records = dataset(sensors=20, minutes=30)
@@ -548,8 +550,9 @@ def test_loading_the_same_range_twice_changes_nothing_visible(kafka, store) -> N
 
 @pytest.mark.integration
 def test_kill_9_mid_load_then_restart_holds_exactly_the_rows_of_a_clean_run(kafka, store, stores) -> None:
+    from citystream.connectors.loader import load
+
     from citystream.store.migrate import migrate
-    from connectors.loader import load
 
     settings = _unique(kafka, store_port=store.settings.store_port)
     records = dataset(sensors=50, minutes=600)  # 30,000 windows + revisions: many batches of 500
@@ -601,9 +604,10 @@ def test_kill_9_mid_load_then_restart_holds_exactly_the_rows_of_a_clean_run(kafk
 
 @pytest.mark.integration
 def test_store_down_means_retries_with_backoff_nothing_lost_order_kept(kafka, stores) -> None:
+    from citystream.connectors.loader import Loader, LoadStats
+
     from citystream.store.client import connect
     from citystream.store.migrate import migrate
-    from connectors.loader import Loader, LoadStats
 
     settings = _unique(kafka, store_port=free_port())
     # One key, one partition, many versions of the same row: the last one produced must win.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from citystream.connectors.producer import DeliveryError, ReadingProducer, record_key
 
 from citystream import contracts
 from citystream.errors import UserError
 from citystream.proc import free_port
-from connectors.producer import DeliveryError, ReadingProducer, record_key
 
 
 def grid_record(i: int) -> dict:
@@ -67,7 +67,7 @@ def test_record_key_is_the_sensor_id() -> None:
 
 
 def test_unknown_schema_is_a_user_error() -> None:
-    from connectors.producer import encode
+    from citystream.connectors.producer import encode
 
     with pytest.raises(UserError):
         encode("citystream.NoSuchThing", {})

@@ -183,12 +183,12 @@ def test_a_pass_that_dies_leaves_answers_exact(db: Any, marker: str) -> None:
 
 @pytest.mark.integration
 def test_the_loader_seals_between_its_inserts(kafka, store) -> None:
+    from citystream.connectors.loader import Loader
     from confluent_kafka import Producer
 
     from citystream import contracts
     from citystream.store.client import connect
     from citystream.store.migrate import migrate
-    from connectors.loader import Loader
 
     settings: Settings = kafka.settings_.replace(
         topic_prefix=f"seal{time.monotonic_ns()}.",

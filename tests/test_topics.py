@@ -266,11 +266,12 @@ def test_every_topic_a_job_reads_or_writes_is_in_the_spec() -> None:
     """A job writing a topic the spec (and so the loader) does not know loses its output silently."""
     import re
 
+    from citystream.jobs.common import Windows, build
+    from citystream.jobs.grid import GRID
+    from citystream.jobs.traffic import TRAFFIC
+    from citystream.jobs.water import WATER
+
     from citystream.settings import Settings
-    from jobs.common import Windows, build
-    from jobs.grid import GRID
-    from jobs.traffic import TRAFFIC
-    from jobs.water import WATER
 
     class Capture:
         def __init__(self) -> None:

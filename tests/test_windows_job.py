@@ -53,7 +53,7 @@ EXPECTED_VOLTAGE = [
 
 
 def _source(t_env, path: Path):
-    from jobs.sql import columns
+    from citystream.jobs.sql import columns
 
     path.write_text("".join(json.dumps(r) + "\n" for r in READINGS))
     t_env.execute_sql(
@@ -75,8 +75,8 @@ def _rows(table) -> list[tuple]:
 
 @pytest.mark.parametrize("parallelism", [1, 2])
 def test_tumbling_averages_per_sensor(tmp_path: Path, parallelism: int) -> None:
-    from jobs.runtime import table_environment
-    from jobs.windows import window_aggregates
+    from citystream.jobs.runtime import table_environment
+    from citystream.jobs.windows import window_aggregates
 
     t_env = table_environment(Settings(), parallelism=parallelism)
     result = window_aggregates(t_env, _source(t_env, tmp_path / "in.json"), metrics=("voltage_v",))
@@ -84,8 +84,8 @@ def test_tumbling_averages_per_sensor(tmp_path: Path, parallelism: int) -> None:
 
 
 def test_one_row_per_sensor_metric_and_window(tmp_path: Path) -> None:
-    from jobs.runtime import table_environment
-    from jobs.windows import GRID_METRICS, window_aggregates
+    from citystream.jobs.runtime import table_environment
+    from citystream.jobs.windows import GRID_METRICS, window_aggregates
 
     t_env = table_environment(Settings(), parallelism=1)
     rows = _rows(window_aggregates(t_env, _source(t_env, tmp_path / "in.json")))

@@ -295,7 +295,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.dry_run:
         summary = sim.run(CountingSink(), labels_file=args.labels_file, progress=progress)
     else:
-        from connectors.producer import ReadingProducer
+        from citystream.connectors.producer import ReadingProducer
 
         bootstrap = args.bootstrap or current.kafka_bootstrap
         compression = prepare_topics(bootstrap, cfg.topic_prefix, current.topics_spec)

@@ -61,7 +61,7 @@ def _check_batch(args: argparse.Namespace) -> None:
 
 
 def _cmd_load(args: argparse.Namespace) -> int:
-    from connectors.loader import LoadStats, load
+    from citystream.connectors.loader import LoadStats, load
 
     _check_batch(args)
     settings = load_settings()

@@ -912,7 +912,7 @@ def serve(config: StoreConfig, ready: Any = None, loader: Any = None) -> int:
 
 def _run_loader(settings: Any, options: Mapping[str, Any], stop: threading.Event) -> None:
     """The store's loader thread: consumes until ``stop``; a crash is logged and the loader restarted."""
-    from connectors.loader import Loader
+    from citystream.connectors.loader import Loader
 
     log.info(
         "loader: %s -> %s (group %s)",

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 JARS ?= .cache/jars
 export JVM_ARGS ?= -Xmx768m
 
-.PHONY: setup demo test test-fast lint up down status bench clean
+.PHONY: setup demo test test-fast security lint up down status bench clean
 
 UDF_JAR := jobs/java/target/citystream-udfs.jar
 
@@ -45,9 +45,13 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not integration"
 
+security: setup
+	$(PY) -m pytest -m security
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) .ci/lint_imports.py
 
 up: setup
 	$(VENV)/bin/citystream stack up

@@ -1,8 +1,8 @@
 """Producer throughput: confluent-kafka (what connectors/producer.py uses) vs kafka-python, same run.
 
 A benchmark, not a test. Starts a private Kafka broker on free 127.0.0.1
-ports, pre-encodes ``--records`` GridReading values with the project's
-contracts, then times producing them with each client (``acks=all``,
+ports, pre-encodes ``--records`` GridReading values (the simulator's Avro, per the
+contracts), then times producing them with each client (``acks=all``,
 idempotence, zstd, 20 ms linger) until every record is acknowledged, into a
 fresh 3-partition topic per run. Prints records/s and the ratio.
 
@@ -18,24 +18,30 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+
+from citystream.connectors.producer import ReadingProducer
 from citystream.proc import free_port
 from citystream.settings import Settings
+from citystream.simulator.engine import CaptureSink, SimConfig, Simulation
+from citystream.stack import Kafka
 
 
 def _values(n: int) -> tuple[list[bytes], list[bytes]]:
-    from citystream import contracts
-    from citystream.demo import readings
-
-    base = readings(sensors=10, minutes=1)
-    keys = [r["envelope"]["sensor_id"].encode() for r in base]
-    values = contracts.encode_many("citystream.GridReading", base)
+    """``n`` GridReading keys and values: a perfect simulated feed (10 sensors, 1 minute), repeated."""
+    cfg = SimConfig(
+        seed=7, sensors=10, domains=("grid",), duration_ms=60_000, rate_per_min=12.0, anomalies_per_hour=0.0
+    )
+    sink = CaptureSink()
+    Simulation(cfg).run(sink)
+    base = [(k, v) for topic, k, v in sink.records if topic == cfg.topic("grid")]
+    keys, values = [k for k, _ in base], [v for _, v in base]
     reps = n // len(values) + 1
     return (keys * reps)[:n], (values * reps)[:n]
 
 
 def _confluent(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes]) -> float:
-    from citystream.connectors.producer import ReadingProducer
-
     start = time.perf_counter()
     with ReadingProducer(bootstrap, compression="zstd") as producer:
         producer.send_many(topic, keys, values)
@@ -44,8 +50,6 @@ def _confluent(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes
 
 
 def _kafka_python(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes]) -> float:
-    from kafka import KafkaProducer
-
     producer = KafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, compression_type="zstd",
         linger_ms=20, batch_size=256 * 1024,
@@ -63,10 +67,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks.producer", description=__doc__)
     parser.add_argument("--records", type=int, default=200_000)
     args = parser.parse_args(argv)
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    from citystream.stack import Kafka
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(run_dir=Path(tmp), kafka_port=free_port(), kafka_controller_port=free_port())

@@ -205,11 +205,11 @@ class _Store:
 
 
 def bench_loader(settings: Settings, rows: int) -> dict[str, float]:
-    from citystream.connectors.clickhouse import INSERT_SETTINGS
-    from citystream.connectors.loader import container_for, load
     from confluent_kafka import Producer
 
     from citystream import contracts
+    from citystream.connectors.clickhouse import INSERT_SETTINGS
+    from citystream.connectors.loader import container_for, load
     from citystream.store.client import connect
     from citystream.store.migrate import migrate
     from citystream.topics import ensure_topics

@@ -1,144 +1,111 @@
-"""``citystream demo``: one reading's whole journey, checked end to end.
+"""``citystream demo``: a small seeded city on the real path, checked against what was produced.
 
-simulate -> Kafka -> Flink (the standalone cluster) -> Kafka -> loader ->
-ClickHouse -> this terminal. The demo knows every value it produced, so it
-computes the expected window averages itself and compares them with what it
-reads back from ClickHouse; it exits non-zero on any difference. It starts
-the stack if needed and stops it again afterwards unless the stack was
-already running (or ``--keep-running`` is given).
+simulate (traffic, water, grid; out-of-order, duplicate and poisoned
+readings) -> Kafka -> the three domain jobs on the stack's Flink cluster, all
+at once -> Kafka -> the detect job -> Kafka -> loader -> ClickHouse -> a
+per-department summary in this terminal. The demo knows what the simulator
+produced, so it checks what it reads back: exactly one 1-minute row per
+sensor, metric and minute the sensor reported in, and none other; dead
+letters equal the poisoned readings; duplicates counted in the windows equal
+the injected duplicates; nothing late (none was injected). Any difference
+fails the demo. The functions that read the readings topics back and
+compute the covered minutes are shared with tests/test_e2e_city.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import math
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import UnknownTopicOrPartitionError
+
+from citystream import contracts, stack
+from citystream.catalog import DOMAIN_NAMES, domain
+from citystream.connectors.loader import load
+from citystream.connectors.producer import ReadingProducer
 from citystream.errors import UserError
+from citystream.jobs.deploy import submit
+from citystream.proc import wait_until
 from citystream.settings import Settings
-from citystream.settings import load as load_settings
+from citystream.simulator.engine import KafkaSink, SimConfig, Simulation
+from citystream.simulator.imperfections import Rates
+from citystream.store.client import connect
+from citystream.store.migrate import migrate
+from citystream.topics import ensure_topics, prepare_topics
 
-#: Fixed simulated start (2026-01-05T00:00:00Z): demo output is identical on every run.
-T0_MS = 1_767_571_200_000
-STEP_MS = 5_000
 DEMO_PREFIX = "citystream.demo."
+#: Fixed simulated start (2026-01-04T00:00:00Z, a day before `citystream simulate`'s default, so a
+#: user's own simulated data never shares the demo's windows): output is identical on every run.
+START_MS = 1_767_484_800_000
+MINUTE = 60_000
+#: The simulator's out-of-order bound; the jobs' watermarks lag by as much, so none of it is late.
+WATERMARK_S = 30
+#: Imperfections the demo injects: each has a count the result is checked against.
+RATES = Rates(out_of_order=0.05, duplicates=0.02, gaps=0.01, poison=0.02, watermark_s=WATERMARK_S)
+
+Echo = Callable[..., object]
 
 
-@dataclass(frozen=True)
-class Expected:
-    samples: int
-    mean: float
-    min: float
-    max: float
+@dataclass
+class DomainReport:
+    """What one department's run produced and what the store holds of it."""
+
+    readings: int = 0
+    poisoned: int = 0
+    duplicates_injected: int = 0
+    sensor_minutes: int = 0
+    windows: int = 0
+    dead_letters: int = 0
+    late: int = 0
+    duplicates: int = 0
+    anomalies: int = 0
+    alerts: int = 0
 
 
-def readings(sensors: int, minutes: int) -> list[dict]:
-    """Deterministic grid readings: each sensor has its own level, a daily-ish ripple and no noise."""
-    out = []
-    per_minute = 60_000 // STEP_MS
-    for s in range(sensors):
-        sensor_id = f"demo-grid-{s + 1:02d}"
-        for i in range(minutes * per_minute):
-            phase = 2 * math.pi * i / (per_minute * 7)
-            out.append(
-                {
-                    "envelope": {
-                        "sensor_id": sensor_id, "site_id": f"demo-ss{s // 2 + 1:02d}", "zone_id": "demo-z01",
-                        "domain": "grid", "event_time": T0_MS + i * STEP_MS, "seq": i,
-                        "lat": 52.52 + 0.01 * s, "lon": 13.40, "quality": 0,
-                    },
-                    "phase": "abc"[s % 3],
-                    "voltage_v": round(230.0 + 2.0 * s + 1.5 * math.sin(phase), 3),
-                    "current_a": 40.0 + s,
-                    "frequency_hz": round(50.0 + 0.02 * math.cos(phase), 4),
-                    "active_power_kw": round(8.0 + s + 0.5 * math.sin(phase + 1.0), 3),
-                    "reactive_power_kvar": 1.0,
-                    "power_factor": 0.97,
-                }
-            )  # fmt: skip
-    return out
+@dataclass
+class DemoReport:
+    """The demo's outcome: per department counts and every failed check (empty: success)."""
+
+    domains: dict[str, DomainReport] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def windows(self) -> int:
+        """Per-sensor 1-minute rows (one per metric) in the store, all departments."""
+        return sum(d.windows for d in self.domains.values())
 
 
-def expected(rows: list[dict], metrics: tuple[str, ...], window_ms: int = 60_000) -> dict[tuple, Expected]:
-    """(sensor, metric, window_start_ms) -> the statistics Flink must produce, computed independently."""
-    groups: dict[tuple, list[float]] = defaultdict(list)
-    for r in rows:
-        start = r["envelope"]["event_time"] // window_ms * window_ms
-        for m in metrics:
-            groups[(r["envelope"]["sensor_id"], m, start)].append(r[m])
-    return {k: Expected(len(v), math.fsum(v) / len(v), min(v), max(v)) for k, v in groups.items()}
+# --------------------------------------------------------------------------- producing
 
 
-def run(settings: Settings, *, sensors: int, minutes: int, keep_running: bool, echo=print) -> int:
-    from citystream import stack
-    from citystream.jobs.windows import GRID_METRICS
-
-    if sensors < 1 or minutes < 1:
-        raise UserError("--sensors and --minutes must be at least 1")
-    demo = settings.replace(topic_prefix=DEMO_PREFIX)
-    was_up = all(s.running() for s in stack.services(settings))
-    echo("== starting the stack")
-    stack.up(settings, echo=echo)
-    try:
-        t = time.monotonic()
-        _fresh_topics(demo, [demo.topic("readings.grid"), demo.topic("aggregates")])
-        _migrate(demo)
-        rows = readings(sensors, minutes)
-        echo(
-            f"== producing {len(rows)} grid readings ({sensors} sensors x {minutes} min) to "
-            f"{demo.topic('readings.grid')}"
-        )
-        from citystream.connectors.producer import ReadingProducer
-
-        with ReadingProducer(demo.kafka_bootstrap) as producer:
-            for r in rows:
-                producer.send(demo.topic("readings.grid"), "citystream.GridReading", r)
-            producer.flush()
-        echo("== running the windows job on the Flink cluster (bounded: stops at the end of the topic)")
-        from citystream.jobscli import submit
-
-        submit(demo, "windows", ["--bounded"])
-        echo("== loading results from Kafka into ClickHouse")
-        from citystream.connectors.loader import load
-
-        stats = load(demo, until_end=True, group_id="citystream-demo-loader")
-        echo(f"   loaded {stats.loaded} rows in {stats.batches} batches")
-        got = _read_back(demo, [f"demo-grid-{s + 1:02d}" for s in range(sensors)])
-        want = expected(rows, GRID_METRICS)
-        _print_table(got, echo)
-        problems = _compare(want, got)
-        if problems:
-            for p in problems[:10]:
-                echo(f"MISMATCH {p}")
-            echo(f"FAILED: {len(problems)} of {len(want)} windows differ from what was produced")
-            return 1
-        echo(
-            f"OK: all {len(want)} (sensor, metric, window) rows read back from ClickHouse equal the "
-            f"averages of the readings produced ({time.monotonic() - t:.0f}s)"
-        )
-        return 0
-    finally:
-        if keep_running or was_up:
-            echo("== leaving the stack running (`make down` stops it)")
-        else:
-            echo("== stopping the stack")
-            stack.down(settings, echo=echo)
+def simulate(settings: Settings, *, seed: int, sensors: int, minutes: int) -> dict[str, Any]:
+    """The seeded city into the readings topics (created from the spec if missing); the summary."""
+    cfg = SimConfig(
+        seed=seed, start_ms=START_MS, duration_ms=minutes * MINUTE, sensors=sensors, domains=DOMAIN_NAMES,
+        rates=RATES, anomalies_per_hour=30.0, topic_prefix=settings.topic_prefix,
+    )  # fmt: skip
+    compression = prepare_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec)
+    with ReadingProducer(settings.kafka_bootstrap, compression=compression) as producer:
+        summary = Simulation(cfg).run(KafkaSink(producer))
+        producer.flush()
+    return summary
 
 
-def _fresh_topics(settings: Settings, topics: list[str]) -> None:
-    """Recreate the demo's own topics (layout from infra/topics.toml) so a demo reads only its own data."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import UnknownTopicOrPartitionError
-
-    from citystream.proc import wait_until
-    from citystream.topics import ensure_topics
-
+def fresh_topics(settings: Settings) -> None:
+    """Recreate every topic under the settings' prefix, so a run reads only its own data."""
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="citystream-demo")
     try:
-        doomed = [t for t in topics if t in set(admin.list_topics())]
+        doomed = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix)]
         if doomed:
             with contextlib.suppress(UnknownTopicOrPartitionError):
                 admin.delete_topics(doomed)
@@ -149,66 +116,250 @@ def _fresh_topics(settings: Settings, topics: list[str]) -> None:
     ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec)
 
 
-def _migrate(settings: Settings) -> None:
-    from citystream.store.migrate import migrate
-
-    migrate(settings)
+# --------------------------------------------------------------------------- the jobs
 
 
-def _read_back(settings: Settings, sensor_ids: list[str]) -> dict[tuple, Expected]:
-    from citystream.store.client import connect
+def run_jobs(settings: Settings, cluster: stack.Flink, echo: Echo = print) -> None:
+    """The three domain jobs at once, bounded, then the detect job over what they wrote."""
+    args = ["--bounded", "--out-of-order-s", str(WATERMARK_S)]
+    with ThreadPoolExecutor(max_workers=len(DOMAIN_NAMES)) as pool:
+        futures = {name: pool.submit(submit, settings, cluster, name, args) for name in DOMAIN_NAMES}
+        for name, future in futures.items():
+            future.result()
+            echo(f"   {name} job finished")
+    # Bounded means "up to the offsets current at start": detect starts once the aggregates are in.
+    submit(settings, cluster, "detect", ["--bounded"])
+    echo("   detect job finished")
 
+
+# --------------------------------------------------------------------------- reading back
+
+
+def read_back(settings: Settings, domains: Iterable[str] = DOMAIN_NAMES) -> dict[str, list[dict]]:
+    """Every delivered reading per domain with its partition and offset (``record`` None: undecodable)."""
+    out: dict[str, list[dict]] = {}
+    for name in domains:
+        topic = settings.topic(domain(name).topic)
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+            consumer_timeout_ms=5000, enable_auto_commit=False,
+        )  # fmt: skip
+        try:
+            consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))])
+            rows = []
+            for m in consumer:
+                try:
+                    rec = contracts.decode(domain(name).record, m.value)
+                except Exception:  # a poisoned, undecodable reading
+                    rec = None
+                rows.append({"partition": m.partition, "offset": m.offset, "record": rec})
+        finally:
+            consumer.close()
+        out[name] = rows
+    return out
+
+
+def query(settings: Settings, sql: str, **params: object) -> list[tuple]:
+    """Rows of one read-only query against the store."""
     client = connect(settings, readonly=True)
     try:
-        result = client.query(
-            "SELECT key_id, metric, toUnixTimestamp64Milli(window_start) AS ws, samples, mean, min, max "
-            "FROM window_aggregates FINAL WHERE domain = 'grid' AND key_kind = 'sensor' "
-            "AND key_id IN {ids:Array(String)} ORDER BY key_id, metric, ws",
-            parameters={"ids": sensor_ids},
-        )
-        return {(r[0], r[1], int(r[2])): Expected(int(r[3]), r[4], r[5], r[6]) for r in result.result_rows}
+        return client.query(sql, parameters=params).result_rows
     finally:
         client.close()
 
 
-def _compare(want: dict[tuple, Expected], got: dict[tuple, Expected]) -> list[str]:
+def rejected(settings: Settings, name: str) -> set[tuple[int, int]]:
+    """(partition, offset) of the domain's readings the job sent to dead letters or late events."""
+    return {
+        (int(p), int(o))
+        for table in ("dead_letters", "late_events")
+        for p, o in query(
+            settings,
+            f"SELECT source_partition, source_offset FROM {table} WHERE source_topic = {{t:String}}",
+            t=settings.topic(domain(name).topic),
+        )
+    }  # fmt: skip
+
+
+def covered_minutes(readings: list[dict], refused: set[tuple[int, int]]) -> set[tuple[str, int]]:
+    """(sensor, minute start ms) of every accepted reading: where a 1-minute sensor row must exist."""
+    return {
+        (r["record"]["envelope"]["sensor_id"], r["record"]["envelope"]["event_time"] // MINUTE * MINUTE)
+        for r in readings
+        if r["record"] is not None and (r["partition"], r["offset"]) not in refused
+    }
+
+
+def sensor_minute_rows(settings: Settings, name: str, sensors: set[str]) -> list[tuple[str, int, str, int]]:
+    """(sensor, minute start ms, metric, rows) of the domain's latest 1-minute sensor windows."""
+    return query(
+        settings,
+        """SELECT key_id, toUnixTimestamp64Milli(window_start), metric, count()
+           FROM window_aggregates_latest
+           WHERE domain = {d:String} AND key_kind = 'sensor' AND key_id IN {ids:Array(String)}
+             AND toUnixTimestamp64Milli(window_end) - toUnixTimestamp64Milli(window_start) = 60000
+           GROUP BY key_id, window_start, metric""",
+        d=name,
+        ids=sorted(sensors),
+    )
+
+
+def window_counts(settings: Settings, name: str, sensors: set[str]) -> tuple[int, int]:
+    """(late, duplicates) summed over the domain's 1-minute sensor windows (each counted once)."""
+    rows = query(
+        settings,
+        """SELECT sum(l), sum(d) FROM (
+             SELECT max(late) AS l, max(duplicates) AS d FROM window_aggregates FINAL
+             WHERE domain = {d:String} AND key_kind = 'sensor' AND key_id IN {ids:Array(String)}
+               AND toUnixTimestamp64Milli(window_end) - toUnixTimestamp64Milli(window_start) = 60000
+             GROUP BY key_id, window_start)""",
+        d=name,
+        ids=sorted(sensors),
+    )
+    return int(rows[0][0] or 0), int(rows[0][1] or 0)
+
+
+def results(settings: Settings, name: str, sensors: set[str]) -> tuple[int, int]:
+    """(anomalies, alerts) the detect job wrote for the domain's sensors in the demo's time span."""
+    anomalies = query(
+        settings,
+        "SELECT count() FROM anomalies FINAL WHERE domain = {d:String} AND key_id IN {ids:Array(String)}",
+        d=name,
+        ids=sorted(sensors),
+    )[0][0]
+    alerts = query(
+        settings,
+        """SELECT uniqExact(alert_id) FROM alerts FINAL
+           WHERE domain = {d:String} AND toUnixTimestamp64Milli(first_seen) >= {t0:Int64}
+             AND hasAny(affected_keys, {ids:Array(String)})""",
+        d=name,
+        t0=START_MS,
+        ids=sorted(sensors),
+    )[0][0]
+    return int(anomalies), int(alerts)
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def check_domain(
+    settings: Settings, name: str, injected: dict[str, Any], readings: list[dict]
+) -> tuple[DomainReport, list[str]]:
+    """One department's store contents against what the simulator says it produced."""
+    imp = injected["imperfections"]
+    sensors = {r["record"]["envelope"]["sensor_id"] for r in readings if r["record"] is not None}
+    report = DomainReport(
+        readings=injected["readings_sent"], poisoned=sum(imp["poison"].values()),
+        duplicates_injected=imp["duplicates"],
+    )  # fmt: skip
     problems = []
-    for key, w in sorted(want.items()):
-        g = got.get(key)
-        if g is None:
-            problems.append(f"{key}: missing in ClickHouse")
-        elif g.samples != w.samples or any(
-            not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-            for a, b in ((g.mean, w.mean), (g.min, w.min), (g.max, w.max))
-        ):
-            problems.append(f"{key}: got {g}, expected {w}")
-    problems += [f"{key}: unexpected row in ClickHouse" for key in sorted(set(got) - set(want))]
-    return problems
-
-
-def _print_table(got: dict[tuple, Expected], echo) -> None:
-    import datetime as dt
-
-    echo(
-        f"{'sensor':14} {'metric':16} {'window (UTC)':17} {'samples':>7} {'mean':>12} {'min':>10} {'max':>10}"
+    topic = settings.topic(domain(name).topic)
+    refused = rejected(settings, name)
+    covered = covered_minutes(readings, refused)
+    rows = sensor_minute_rows(settings, name, sensors)
+    report.sensor_minutes, report.windows = len({(k, w) for k, w, _, _ in rows}), len(rows)
+    if any(n != 1 for *_, n in rows):
+        problems.append(f"{name}: some (sensor, minute, metric) has more than one latest row")
+    if {(k, w) for k, w, _, _ in rows} != covered:
+        missing = len(covered - {(k, w) for k, w, _, _ in rows})
+        extra = len({(k, w) for k, w, _, _ in rows} - covered)
+        problems.append(
+            f"{name}: {missing} covered sensor-minutes without a row, {extra} rows nobody covered"
+        )
+    report.dead_letters = query(
+        settings, "SELECT count() FROM dead_letters FINAL WHERE source_topic = {t:String}", t=topic
+    )[0][0]
+    if report.dead_letters != report.poisoned:
+        problems.append(f"{name}: {report.dead_letters} dead letters, {report.poisoned} readings poisoned")
+    in_windows, report.duplicates = window_counts(settings, name, sensors)
+    late_events = query(
+        settings, "SELECT count() FROM late_events FINAL WHERE source_topic = {t:String}", t=topic
     )
-    for (sensor, metric, ws), e in sorted(got.items()):
-        when = dt.datetime.fromtimestamp(ws / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
-        echo(f"{sensor:14} {metric:16} {when:17} {e.samples:7d} {e.mean:12.4f} {e.min:10.4f} {e.max:10.4f}")
+    report.late = in_windows + int(late_events[0][0])
+    if report.late != imp["late"]:
+        problems.append(f"{name}: {report.late} readings late, {imp['late']} delivered late")
+    if report.duplicates != report.duplicates_injected:
+        problems.append(
+            f"{name}: {report.duplicates} duplicates counted, {report.duplicates_injected} injected"
+        )
+    report.anomalies, report.alerts = results(settings, name, sensors)
+    return report, problems
 
 
-def _cmd(args: argparse.Namespace) -> int:
-    return run(load_settings(), sensors=args.sensors, minutes=args.minutes, keep_running=args.keep_running)
+def summary_lines(report: DemoReport) -> list[str]:
+    """The per-department table the demo prints."""
+    lines = [
+        f"{'department':10} {'readings':>8} {'sensor-min':>10} {'windows':>8} {'dups':>5} "
+        f"{'dead':>5} {'anomalies':>9} {'alerts':>6}"
+    ]
+    for name, d in report.domains.items():
+        lines.append(
+            f"{domain(name).title:10} {d.readings:8d} {d.sensor_minutes:10d} {d.windows:8d} "
+            f"{d.duplicates:5d} {d.dead_letters:5d} {d.anomalies:9d} {d.alerts:6d}"
+        )
+    return lines
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the end-to-end slice on the local stack and check the result",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--sensors", type=int, default=4, help="grid sensors to simulate (default 4)")
-    p.add_argument("--minutes", type=int, default=3, help="minutes of readings, one every 5 s (default 3)")
-    p.add_argument("--keep-running", action="store_true", help="leave the stack up afterwards")
-    p.set_defaults(handler=_cmd)
+# --------------------------------------------------------------------------- the whole demo
+
+
+def run(
+    settings: Settings,
+    *,
+    seed: int = 7,
+    sensors: int = 30,
+    minutes: int = 6,
+    keep_running: bool = False,
+    echo: Echo = print,
+) -> DemoReport:
+    """Start the stack (if needed), run the demo under the ``citystream.demo.`` prefix, check it.
+
+    The stack is stopped again afterwards unless it was already running or
+    ``keep_running``. Returns the report; ``report.ok`` says whether every check held.
+    """
+    if sensors < len(DOMAIN_NAMES) or minutes < 1:
+        raise UserError(f"--sensors must be at least {len(DOMAIN_NAMES)} and --minutes at least 1")
+    demo = settings.replace(topic_prefix=DEMO_PREFIX)
+    was_up = all(s.running() for s in stack.services(settings))
+    echo("== starting the stack")
+    stack.up(settings, echo=echo)
+    try:
+        began = time.monotonic()
+        fresh_topics(demo)
+        migrate(demo)
+        summary = simulate(demo, seed=seed, sensors=sensors, minutes=minutes)
+        echo(
+            f"== simulated {summary['sensors']} sensors x {minutes} min: {summary['readings_sent']} readings "
+            f"to {DEMO_PREFIX}readings.*"
+        )
+        echo("== the traffic, water and grid jobs at once on the Flink cluster, then detect (bounded)")
+        run_jobs(demo, stack.Flink(demo), echo)
+        echo("== loading results from Kafka into ClickHouse")
+        stats = load(demo, until_end=True, group_id="citystream-demo-loader")
+        echo(f"   loaded {stats.loaded} rows in {stats.batches} batches")
+        report = DemoReport()
+        readings = read_back(demo)
+        for name in DOMAIN_NAMES:
+            report.domains[name], problems = check_domain(
+                demo, name, summary["domains"][name], readings[name]
+            )
+            report.problems += problems
+        report.seconds = time.monotonic() - began
+        for line in summary_lines(report):
+            echo(line)
+        for problem in report.problems:
+            echo(f"MISMATCH {problem}")
+        if report.ok:
+            echo(
+                f"OK: all {report.windows} sensor window rows, dead letters and duplicates read back from "
+                f"ClickHouse match what the simulator produced ({report.seconds:.0f}s)"
+            )
+        else:
+            echo(f"FAILED: {len(report.problems)} check(s) differ from what was produced")
+        return report
+    finally:
+        if keep_running or was_up:
+            echo("== leaving the stack running (`make down` stops it)")
+        else:
+            echo("== stopping the stack")
+            stack.down(settings, echo=echo)

@@ -39,6 +39,8 @@ ENV: dict[str, str] = {
     "CITYSTREAM_GRAFANA_TOKEN": "grafana_token",
     "CITYSTREAM_GRAFANA_USER": "grafana_user",
     "CITYSTREAM_GRAFANA_PASSWORD": "grafana_password",
+    "CITYSTREAM_JOB_NAME": "job_name",
+    "PYFLINK_PYTHON": "pyflink_python",
 }
 
 SECRETS = frozenset(
@@ -74,6 +76,10 @@ class Settings:
     grafana_token: str = field(default="", repr=False)
     grafana_user: str = ""
     grafana_password: str = field(default="", repr=False)
+    #: Flink job name (and checkpoint folder) of this process's job; empty: the job's own default.
+    job_name: str = ""
+    #: Python interpreter of Flink's Python workers; empty: the one running this process.
+    pyflink_python: str = ""
 
     def __post_init__(self) -> None:
         if not self.kafka_bootstrap:

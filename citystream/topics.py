@@ -1,4 +1,4 @@
-"""Kafka topics as declared in infra/topics.toml, and ``citystream topics create | list``.
+"""Kafka topics as declared in infra/topics.toml (``citystream topics create | list`` applies them).
 
 Why declarative: the producer, the Flink jobs and the store all assume each
 topic's partitioning, retention and compaction; one file decides them and
@@ -20,20 +20,21 @@ Contract of ``ensure_topics`` / ``citystream topics create``:
 
 from __future__ import annotations
 
-import argparse
 import re
 import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import KafkaError
 
 from citystream.errors import UserError
+from citystream.proc import wait_until
 from citystream.settings import ROOT
-
-if TYPE_CHECKING:
-    from kafka import KafkaAdminClient
 
 #: The spec ``citystream topics`` applies unless given another.
 DEFAULT_SPEC = ROOT / "infra" / "topics.toml"
@@ -216,9 +217,6 @@ def _connect(bootstrap: str, timeout_s: float) -> KafkaAdminClient:
     if not reachable:
         raise UserError(f"no Kafka broker answers at {bootstrap}: start it with `citystream stack up`")
 
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
     try:
         return KafkaAdminClient(
             bootstrap_servers=servers,
@@ -234,8 +232,6 @@ def _observe(
     admin: KafkaAdminClient, names: list[str], keys: Mapping[str, list[str]]
 ) -> dict[str, TopicState]:
     """Partition counts and the given config keys of those ``names`` the broker has."""
-    from kafka.admin import ConfigResource, ConfigResourceType
-
     existing = set(admin.list_topics())
     present = [n for n in names if n in existing]
     partitions = {}
@@ -272,9 +268,6 @@ def ensure_topics(
 
 
 def _apply(admin: KafkaAdminClient, by_name: Mapping[str, TopicSpec], timeout_s: float) -> list[Change]:
-    from kafka.admin import ConfigResource, ConfigResourceType
-    from kafka.errors import KafkaError
-
     states = _observe(admin, list(by_name), {n: list(s.configs) for n, s in by_name.items()})
     refused = [
         f"{n} has {st.partitions} partitions, the spec asks for {by_name[n].partitions}"
@@ -301,67 +294,87 @@ def _apply(admin: KafkaAdminClient, by_name: Mapping[str, TopicSpec], timeout_s:
     timeout_ms = int(timeout_s * 1000)
     try:
         if create:
-            result = admin.create_topics(
-                {
-                    n: {
-                        "num_partitions": s.partitions,
-                        "replication_factor": s.replication_factor,
-                        "configs": dict(s.configs),
-                    }
-                    for n, s in create.items()
-                },
-                timeout_ms=timeout_ms,
-                raise_errors=False,
-            )
-            errors = [f"{t['name']}: {t['error_message']}" for t in result["topics"] if t["error_code"]]
-            if errors:
-                raise UserError("could not create " + "; ".join(errors))
-            admin.wait_for_topics(list(create), timeout_ms=timeout_ms)
-            for n, s in create.items():
-                settings = ", ".join(f"{k}={v}" for k, v in s.configs.items())
-                changes.append(Change(n, "create", f"partitions={s.partitions}, {settings}"))
+            changes += _create(admin, create, timeout_ms)
         if grow:
-            response = admin.create_partitions(grow, timeout_ms=timeout_ms, raise_errors=False)
-            errors = [f"{r.name}: {r.error_message}" for r in response.results if r.error_code]
-            if errors:
-                raise UserError("could not add partitions: " + "; ".join(errors))
-            for n, count in grow.items():
-                changes.append(
-                    Change(
-                        n,
-                        "add-partitions",
-                        f"{states[n].partitions} -> {count}; keys written from now on may land on other "
-                        "partitions than before (per-key order holds only within old or new data)",
-                    )
-                )
+            changes += _grow(admin, grow, states, timeout_ms)
         if alter:
-            resources = [ConfigResource(ConfigResourceType.TOPIC, n, dict(diff)) for n, diff in alter.items()]
-            try:
-                result = admin.alter_configs(resources)
-            except ValueError as exc:  # kafka-python rejects keys that are no topic config
-                raise UserError(f"could not alter topic configs: {exc}") from None
-            errors = [f"{n}: {r}" for n, r in result.get("topic", {}).items() if r != "OK"]
-            if errors:
-                raise UserError("could not alter topic configs: " + "; ".join(errors))
-            # The broker applies committed config changes asynchronously: wait until it shows
-            # them, so a caller (or a second `topics create`) sees the state just reported.
-            from citystream.proc import wait_until
-
-            def applied() -> bool:
-                now = _observe(admin, list(alter), {n: list(d) for n, d in alter.items()})
-                return all(now[n].configs.get(k) == v for n, d in alter.items() for k, v in d.items())
-
-            if not wait_until(applied, timeout_s, interval_s=0.2):
-                raise UserError(
-                    f"Kafka accepted the config changes but did not apply them within {timeout_s:.0f}s"
-                )
-            for n, diff in alter.items():
-                for k, v in diff.items():
-                    changes.append(Change(n, "alter-config", f"{k}: {states[n].configs.get(k)} -> {v}"))
+            changes += _alter(admin, alter, states, timeout_s)
     except KafkaError as exc:
         done = "; ".join(str(c) for c in changes) or "nothing"
         raise UserError(f"Kafka refused a topic change ({exc}); already done: {done}") from None
     return changes
+
+
+def _create(admin: KafkaAdminClient, create: Mapping[str, TopicSpec], timeout_ms: int) -> list[Change]:
+    result = admin.create_topics(
+        {
+            n: {
+                "num_partitions": s.partitions,
+                "replication_factor": s.replication_factor,
+                "configs": dict(s.configs),
+            }
+            for n, s in create.items()
+        },
+        timeout_ms=timeout_ms,
+        raise_errors=False,
+    )
+    errors = [f"{t['name']}: {t['error_message']}" for t in result["topics"] if t["error_code"]]
+    if errors:
+        raise UserError("could not create " + "; ".join(errors))
+    admin.wait_for_topics(list(create), timeout_ms=timeout_ms)
+    changes = []
+    for n, s in create.items():
+        settings = ", ".join(f"{k}={v}" for k, v in s.configs.items())
+        changes.append(Change(n, "create", f"partitions={s.partitions}, {settings}"))
+    return changes
+
+
+def _grow(
+    admin: KafkaAdminClient, grow: Mapping[str, int], states: Mapping[str, TopicState], timeout_ms: int
+) -> list[Change]:
+    response = admin.create_partitions(dict(grow), timeout_ms=timeout_ms, raise_errors=False)
+    errors = [f"{r.name}: {r.error_message}" for r in response.results if r.error_code]
+    if errors:
+        raise UserError("could not add partitions: " + "; ".join(errors))
+    return [
+        Change(
+            n,
+            "add-partitions",
+            f"{states[n].partitions} -> {count}; keys written from now on may land on other "
+            "partitions than before (per-key order holds only within old or new data)",
+        )
+        for n, count in grow.items()
+    ]
+
+
+def _alter(
+    admin: KafkaAdminClient,
+    alter: Mapping[str, Mapping[str, str]],
+    states: Mapping[str, TopicState],
+    timeout_s: float,
+) -> list[Change]:
+    resources = [ConfigResource(ConfigResourceType.TOPIC, n, dict(diff)) for n, diff in alter.items()]
+    try:
+        result = admin.alter_configs(resources)
+    except ValueError as exc:  # kafka-python rejects keys that are no topic config
+        raise UserError(f"could not alter topic configs: {exc}") from None
+    errors = [f"{n}: {r}" for n, r in result.get("topic", {}).items() if r != "OK"]
+    if errors:
+        raise UserError("could not alter topic configs: " + "; ".join(errors))
+
+    # The broker applies committed config changes asynchronously: wait until it shows
+    # them, so a caller (or a second `topics create`) sees the state just reported.
+    def applied() -> bool:
+        now = _observe(admin, list(alter), {n: list(d) for n, d in alter.items()})
+        return all(now[n].configs.get(k) == v for n, d in alter.items() for k, v in d.items())
+
+    if not wait_until(applied, timeout_s, interval_s=0.2):
+        raise UserError(f"Kafka accepted the config changes but did not apply them within {timeout_s:.0f}s")
+    return [
+        Change(n, "alter-config", f"{k}: {states[n].configs.get(k)} -> {v}")
+        for n, diff in alter.items()
+        for k, v in diff.items()
+    ]
 
 
 def list_topics(
@@ -382,68 +395,14 @@ def list_topics(
     return [TopicState(st.name, by_name.get(st.name), st.partitions, st.configs) for st in states.values()]
 
 
-# --------------------------------------------------------------------------- CLI
+def prepare_topics(bootstrap: str, prefix: str, spec: Path = DEFAULT_SPEC) -> str:
+    """Create the topics declared in the spec if missing; the readings topics' codec.
 
-
-def _settings_args(args: argparse.Namespace) -> tuple[str, str]:
-    from citystream.settings import load
-
-    try:
-        current = load()
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    bootstrap = args.bootstrap or current.kafka_bootstrap
-    prefix = current.topic_prefix if args.prefix is None else args.prefix
-    if args.spec is None:
-        args.spec = current.topics_spec
-    return bootstrap, prefix
-
-
-def _cmd_create(args: argparse.Namespace) -> int:
-    bootstrap, prefix = _settings_args(args)
-    changes = ensure_topics(bootstrap, prefix, args.spec)
-    for change in changes:
-        print(change)
-    if not changes:
-        print(f"topics: up to date ({len(load_spec(args.spec))} topics under {prefix!r} at {bootstrap})")
-    return 0
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    bootstrap, prefix = _settings_args(args)
-    states = list_topics(bootstrap, prefix, args.spec)
-    print(f"{'TOPIC':34} {'PARTS':>5} {'CLEANUP':14} {'RETENTION.MS':>13} {'COMPRESSION':11}  STATUS")
-    for st in states:
-        parts = "-" if st.partitions is None else str(st.partitions)
-        c = st.configs
-        print(
-            f"{st.name:34} {parts:>5} {c.get('cleanup.policy', '-'):14} {c.get('retention.ms', '-'):>13} "
-            f"{c.get('compression.type', '-'):11}  {st.status}"
-        )
-    return 0 if all(st.status == "ok" for st in states) else 1
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    topics = sub.add_parser(
-        "topics",
-        help="create and inspect the Kafka topics declared in infra/topics.toml",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    cmds = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
-    for name, handler, text in (
-        ("create", _cmd_create, "create missing topics and fix configs that differ (idempotent)"),
-        ("list", _cmd_list, "show the topics next to the spec (exit 1 unless all match)"),
-    ):
-        p = cmds.add_parser(name, help=text)
-        p.add_argument(
-            "--bootstrap", default=None, help="Kafka HOST:PORT (default: CITYSTREAM_KAFKA_BOOTSTRAP)"
-        )
-        p.add_argument("--prefix", default=None, help="topic name prefix (default: CITYSTREAM_TOPIC_PREFIX)")
-        p.add_argument(
-            "--spec",
-            type=Path,
-            default=None,
-            help="topic spec (default: CITYSTREAM_TOPICS_SPEC, else infra/topics.toml)",
-        )
-        p.set_defaults(handler=handler)
+    Why before producing: producing to a missing topic would auto-create it with one
+    partition and broker defaults, silently diverging from the spec. Producing with
+    the topic's own codec spares the broker a recompression.
+    """
+    ensure_topics(bootstrap, prefix, spec)
+    codecs = {s.configs.get("compression.type") for s in load_spec(spec) if s.suffix.startswith("readings.")}
+    codec = codecs.pop() if len(codecs) == 1 else "lz4"
+    return codec if codec in ("lz4", "zstd", "snappy", "gzip") else "lz4"

@@ -34,6 +34,9 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
+from confluent_kafka import Producer
+
+from citystream import contracts
 from citystream.errors import UserError
 
 #: How many failed records a DeliveryError quotes; the count is always exact.
@@ -53,8 +56,6 @@ class DeliveryError(UserError):
 
 def encode(schema: str, record: dict[str, Any]) -> bytes:
     """Avro raw binary (no registry header) of ``record`` in the named schema (see citystream.contracts)."""
-    from citystream import contracts
-
     try:
         return contracts.encode(schema, record)
     except ValueError as exc:
@@ -86,8 +87,6 @@ class ReadingProducer:
         delivery_timeout_ms: int = 60_000,
         client_id: str = "citystream-producer",
     ) -> None:
-        from confluent_kafka import Producer
-
         self._failed: list[tuple[str, bytes | None, str]] = []
         self._failed_count = 0
         self._produced = 0

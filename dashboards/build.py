@@ -16,14 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from citystream.dashboards.boards import all_dashboards
+
 #: Where the committed dashboards live; one file per dashboard uid.
 JSON_DIR = Path(__file__).resolve().parent / "json"
 
 
 def generate() -> dict[str, dict[str, Any]]:
     """Dashboard uid -> model, from the code in :mod:`dashboards.boards`."""
-    from citystream.dashboards.boards import all_dashboards
-
     models: dict[str, dict[str, Any]] = {}
     for model in all_dashboards():
         uid = model["uid"]

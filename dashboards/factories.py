@@ -12,6 +12,7 @@ module only says *what* to show.
 from __future__ import annotations
 
 import enum
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,8 +22,11 @@ from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import stat, table, timeseries
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
+
+from citystream.catalog import DOMAIN_NAMES
 
 with warnings.catch_warnings():
     # The SDK nudges towards the v2 schema at import; Grafana's HTTP API and our
@@ -35,9 +39,6 @@ DATASOURCE_TYPE = "grafana-clickhouse-datasource"
 #: Fixed uid, so dashboards and provisioning agree without looking anything up.
 DATASOURCE_UID = "citystream-clickhouse"
 DATASOURCE_NAME = "citystream ClickHouse"
-
-#: Departments, in the order dashboards list them.
-DOMAINS: tuple[str, ...] = ("traffic", "water", "grid")
 
 
 def datasource_ref() -> dashboard_models.DataSourceRef:
@@ -248,7 +249,7 @@ def domain_variable() -> dashboard_builders.CustomVariable:
     return (
         dashboard_builders.CustomVariable("domain")
         .label("Department")
-        .values(",".join(DOMAINS))
+        .values(",".join(DOMAIN_NAMES))
         .multi(True)
         .include_all(True)
         .current(dashboard_models.VariableOption(selected=True, text=["All"], value=["$__all"]))
@@ -376,9 +377,5 @@ def _builtin_annotation() -> dashboard_builders.AnnotationQuery:
 
 def _to_plain(model: object) -> dict[str, Any]:
     """SDK objects -> plain dicts (lists, strings, numbers) via the SDK's own encoder."""
-    import json
-
-    from grafana_foundation_sdk.cog.encoder import JSONEncoder
-
     plain: dict[str, Any] = json.loads(json.dumps(model, cls=JSONEncoder))
     return plain

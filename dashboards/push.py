@@ -17,8 +17,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from citystream.dashboards.factories import DATASOURCE_NAME, DATASOURCE_TYPE, DATASOURCE_UID
+import niquests
+from grafana_client import GrafanaApi
+from grafana_client.client import (
+    GrafanaClientError,
+    GrafanaException,
+    GrafanaServerError,
+    GrafanaTimeoutError,
+    GrafanaUnauthorizedError,
+)
 
+from citystream.dashboards.factories import DATASOURCE_NAME, DATASOURCE_TYPE, DATASOURCE_UID
 from citystream.errors import UserError
 from citystream.settings import Settings
 
@@ -98,8 +107,6 @@ def push(
     The datasource goes first so that no dashboard is ever shown pointing at a
     uid Grafana does not know.
     """
-    from grafana_client import GrafanaApi
-
     if not urlsplit(url).scheme or not urlsplit(url).hostname:
         raise UserError(f"--url {url!r} is not a URL like http://127.0.0.1:3000")
     api = GrafanaApi.from_url(url, credential=credentials.for_client(), timeout=TIMEOUT_S)
@@ -147,8 +154,6 @@ def push(
 
 def _get_or_none(getter: Callable[[str], T], uid: str) -> T | None:
     """``getter(uid)``, or None when Grafana answers 404 (not there yet)."""
-    from grafana_client.client import GrafanaClientError
-
     try:
         return getter(uid)
     except GrafanaClientError as exc:
@@ -159,15 +164,6 @@ def _get_or_none(getter: Callable[[str], T], uid: str) -> T | None:
 
 def _call(where: str, action: str, fn: Callable[[], T]) -> T:
     """Run one API call, turning every client failure into a one-line UserError."""
-    import niquests
-    from grafana_client.client import (
-        GrafanaClientError,
-        GrafanaException,
-        GrafanaServerError,
-        GrafanaTimeoutError,
-        GrafanaUnauthorizedError,
-    )
-
     try:
         return fn()
     except GrafanaTimeoutError:

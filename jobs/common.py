@@ -40,31 +40,17 @@ Why this shape (numbers in benchmarks/jobs.py and the README):
 
 from __future__ import annotations
 
-import argparse
-import os
-import subprocess
+import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 from pyflink.table import StatementSet, Table, TableEnvironment, TableResult
 
-from citystream.settings import ROOT, Settings
-
-JAVA_DIR = ROOT / "jobs" / "java"
-UDF_JAR_NAME = "citystream-udfs.jar"
-
-#: SQL name -> Java class of the project's JVM functions (jobs/java).
-JAVA_FUNCTIONS = {
-    "AVRO_DECODE": "io.citystream.flink.AvroDecode",
-    "EPOCH_MS": "io.citystream.flink.EpochMillis",
-    "COUNT_AT_LEAST": "io.citystream.flink.CountAtLeast",
-    "LINEAR_SLOPE": "io.citystream.flink.LinearSlope",
-    "ENVELOPE_TIME": "io.citystream.flink.EnvelopeTime",
-    "EMISSIONS": "io.citystream.flink.Emissions",
-    "SENSOR_SILENCE": "io.citystream.flink.SensorSilence",
-}
-
+from citystream.jobs.cli import parse_domain_args
+from citystream.jobs.runtime import detached, table_environment
+from citystream.jobs.sql import avsc, columns, kafka_table
+from citystream.settings import Settings
+from citystream.settings import load as load_settings
 
 # --------------------------------------------------------------------------- domain spec
 
@@ -136,58 +122,31 @@ class Outputs:
 # --------------------------------------------------------------------------- environment
 
 
-def udf_jar(*, build: bool = True) -> Path:
-    """The project's JVM function jar, built with Maven when missing or older than its sources.
+def window_options(windows: Windows) -> dict[str, str]:
+    """Job options the group windows read: allowed lateness with a re-emission per late reading.
 
-    Why on demand: the jar is a build artefact (git-ignored ``target/``), and a
-    job started from a fresh checkout should not need a separate build step.
+    Why options and not a call inside :func:`process`: they are job-wide
+    configuration, decided once where the environment is built
+    (``runtime.table_environment(..., overrides=window_options(w))``); a pure
+    function that set them would change every other query of the job.
     """
-    jar = JAVA_DIR / "target" / UDF_JAR_NAME
-    sources = [JAVA_DIR / "pom.xml", *sorted((JAVA_DIR / "src").rglob("*.java"))]
-    stale = not jar.is_file() or jar.stat().st_mtime < max(p.stat().st_mtime for p in sources)
-    if stale and build:
-        from citystream.errors import UserError
-
-        cmd = ["mvn", "-q", "-B", "-f", str(JAVA_DIR / "pom.xml"), "package"]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0 or not jar.is_file():
-            raise UserError(
-                f"building {jar.name} failed: {' '.join(cmd)}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
-            )
-    return jar
+    return {
+        "table.exec.emit.late-fire.enabled": "true",
+        "table.exec.emit.late-fire.delay": "0 s",
+        "table.exec.emit.allow-lateness": f"{int(windows.allowed_lateness_s)} s",
+        "table.exec.state.ttl": f"{int(windows.dedup_ttl_s)} s",
+    }
 
 
-def job_environment(
-    settings: Settings, *, parallelism: int | None = None, checkpoint_interval: str | None = None
-) -> TableEnvironment:
-    """``jobs.runtime.table_environment`` plus the project's JVM functions and job-wide options."""
-    from citystream.jobs.runtime import connector_jars, table_environment
-
-    t_env = table_environment(settings, parallelism=parallelism)
+def _check_window_options(t_env: TableEnvironment, windows: Windows) -> None:
+    """Refuse to plan windows whose lateness the environment was not configured for."""
     conf = t_env.get_config()
-    jars = [*connector_jars(settings), udf_jar()]
-    conf.set("pipeline.jars", ";".join(j.as_uri() for j in jars))
-    if checkpoint_interval:
-        conf.set("execution.checkpointing.interval", checkpoint_interval)
-    # Checkpoints on disk: the default JobManager storage caps state at 5 MB, which the
-    # de-duplication state of a few hundred thousand readings already exceeds (measured).
-    job = os.environ.get("CITYSTREAM_JOB_NAME", "citystream")
-    conf.set("execution.checkpointing.storage", "filesystem")
-    conf.set("execution.checkpointing.dir", (settings.run_dir / "flink" / "checkpoints" / job).as_uri())
-    # Stable operator uids derived from the plan, so savepoints survive restarts of the same SQL.
-    conf.set("table.exec.uid.generation", "ALWAYS")
-    for name, cls in JAVA_FUNCTIONS.items():
-        t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {name} AS '{cls}' LANGUAGE JAVA")
-    return t_env
-
-
-def configure_lateness(t_env: TableEnvironment, windows: Windows) -> None:
-    """Allowed lateness with a re-emission per late reading (legacy group windows read these)."""
-    conf = t_env.get_config()
-    conf.set("table.exec.emit.late-fire.enabled", "true")
-    conf.set("table.exec.emit.late-fire.delay", "0 s")
-    conf.set("table.exec.emit.allow-lateness", f"{int(windows.allowed_lateness_s)} s")
-    conf.set("table.exec.state.ttl", f"{int(windows.dedup_ttl_s)} s")
+    wrong = {k: v for k, v in window_options(windows).items() if conf.get(k, None) != v}
+    if wrong:
+        raise ValueError(
+            f"the table environment lacks the window options {wrong}: build it with "
+            "runtime.table_environment(..., overrides=window_options(windows))"
+        )
 
 
 # --------------------------------------------------------------------------- source DDL
@@ -201,8 +160,6 @@ def interval(seconds: int) -> str:
 
 def record_type(domain: Domain) -> str:
     """The Flink SQL ROW type of the domain's Avro record (what AVRO_DECODE returns)."""
-    from citystream.jobs.sql import columns
-
     return f"ROW<{columns(domain.record)}>"
 
 
@@ -212,8 +169,6 @@ def raw_columns(domain: Domain, windows: Windows) -> str:
     ``ts`` is NULL for anything that is not a plausible reading, so a corrupt or
     far-future record can never move the watermark.
     """
-    import datetime as dt
-
     floor = dt.datetime.fromisoformat(windows.min_event_time).replace(tzinfo=dt.UTC)
     min_ms = int(floor.timestamp() * 1000)
     return f"""`d` AS AVRO_DECODE(`raw_value`, '{record_type(domain)}'),
@@ -272,8 +227,6 @@ def raw_kafka_table(
 
 
 def _reading_fields(domain: Domain) -> list[str]:
-    from citystream.jobs.sql import avsc
-
     return [f["name"] for f in avsc(domain.record)["fields"] if f["name"] != "envelope"]
 
 
@@ -283,11 +236,15 @@ _ENVELOPE = ("sensor_id", "site_id", "zone_id", "domain", "seq", "quality")
 def process(t_env: TableEnvironment, domain: Domain, raw: Table, windows: Windows | None = None) -> Outputs:
     """Raw readings (columns of :func:`raw_kafka_table`) -> aggregates, late events, dead letters, health.
 
-    Pure: no sources or sinks are touched; tests feed a bounded raw table and
-    read the outputs back.
+    Pure: no sources, sinks or job options are touched (the environment must
+    carry :func:`window_options`); tests feed a bounded raw table and read the
+    outputs back. The views it registers are named after the domain and, for
+    windows, the key and window kind (:func:`window_name`), never after how
+    often it ran, so the plan - and the operator uids and the state uids of
+    the JVM functions - is the same in every process that builds this job.
     """
     w = windows or Windows()
-    configure_lateness(t_env, w)
+    _check_window_options(t_env, w)
     p = f"_cs_{domain.name}"
     t_env.create_temporary_view(f"{p}_raw", raw)
 
@@ -375,7 +332,14 @@ def process(t_env: TableEnvironment, domain: Domain, raw: Table, windows: Window
     return Outputs(aggregates, late_events, dead_letters, sensor_health)
 
 
-_window_counter = [0]
+def window_name(domain: Domain, key_kind: str, kind: str) -> str:
+    """View name and EMISSIONS state uid of one window: (domain, key kind, window kind), nothing else.
+
+    Why no sizes: a savepoint must restore into the job after a window length
+    changed its configuration; why no counter: the uid would then depend on
+    how many windows the process had planned before.
+    """
+    return f"_cs_{domain.name}_{key_kind}_{kind.lower()}"
 
 
 def _windowed(
@@ -388,8 +352,7 @@ def _windowed(
     sizes: tuple[int, ...],
 ) -> Table:
     """One group window over the marked stream, unpivoted into WindowAggregate rows."""
-    _window_counter[0] += 1
-    name = f"_cs_{domain.name}_w{_window_counter[0]}"
+    name = window_name(domain, key_kind, kind)
     spec = "ts, " + ", ".join(interval(s) for s in sizes)
     window_s = sizes[-1]
     nd = "occurrence = 1"
@@ -468,8 +431,6 @@ def append_sink(
     key_field: str | None = None,
 ) -> str:
     """Kafka table (Avro value, ``key_field`` as the raw key) for append-only results."""
-    from citystream.jobs.sql import kafka_table
-
     return kafka_table(
         table, record, topic=topic, bootstrap=bootstrap, sink=True,
         transactional_id_prefix=transactional_id_prefix, key_field=key_field,
@@ -531,65 +492,38 @@ def insert_all(t_env: TableEnvironment, outputs: Outputs, sinks: dict[str, str])
     return add_inserts(t_env.create_statement_set(), outputs, sinks).execute()
 
 
-def main_for(domain: Domain, argv: Sequence[str] | None = None) -> int:
-    """The thin ``main()`` of every domain job: settings -> Kafka tables -> :func:`process`."""
-    from citystream.settings import load as load_settings
-
-    parser = argparse.ArgumentParser(
-        prog=f"citystream.jobs.{domain.name}",
-        description=f"citystream {domain.name} job: {domain.topic} -> aggregates, late events, "
-        "dead letters, sensor health (Kafka topics from the CITYSTREAM_* settings).",
-    )
-    parser.add_argument("--bounded", action="store_true", help="stop at the offsets current at start")
-    parser.add_argument("--parallelism", type=int, default=None, help="default: the settings' parallelism")
-    parser.add_argument(
-        "--tumble-s", type=int, default=Windows.tumble_s, help="per-sensor tumbling window, seconds"
-    )
-    parser.add_argument("--hop-size-s", type=int, default=Windows.hop_size_s, help="hopping window size, s")
-    parser.add_argument("--hop-slide-s", type=int, default=Windows.hop_slide_s, help="hop window slide, s")
-    parser.add_argument("--zone-s", type=int, default=Windows.zone_s, help="per-zone tumbling window, s")
-    parser.add_argument(
-        "--allowed-lateness-s", type=int, default=Windows.allowed_lateness_s,
-        help="a reading this far behind its window's end still revises it; later ones go to late-events",
+def run_domain_job(
+    settings: Settings,
+    domain: Domain,
+    windows: Windows,
+    *,
+    bounded: bool = False,
+    parallelism: int | None = None,
+    exactly_once: bool = True,
+    watermark_on_event: bool = False,
+    savepoint: str | None = None,
+) -> None:
+    """Kafka tables from ``settings`` -> :func:`process` -> sinks; waits unless ``flink run --detached``."""
+    t_env = table_environment(
+        settings, job=f"citystream-{domain.name}", parallelism=parallelism, bounded=bounded,
+        savepoint=savepoint, overrides=window_options(windows),
     )  # fmt: skip
-    parser.add_argument(
-        "--out-of-order-s", type=int, default=domain.out_of_order_s,
-        help="watermark lag behind the newest event time: disorder within it is not late",
-    )  # fmt: skip
-    parser.add_argument(
-        "--silence-s", type=int, default=Windows.silence_s, help="event-time gap that reports a sensor silent"
-    )
-    parser.add_argument("--at-least-once", action="store_true", help="non-transactional Kafka sinks")
-    parser.add_argument(
-        "--watermark-on-event", action="store_true",
-        help="a watermark after every reading instead of every 200 ms: which readings count as late "
-        "then depends only on the topic's order (replays, backtests), at some throughput cost",
-    )  # fmt: skip
-    parser.add_argument(
-        "--from-savepoint", default=None, metavar="PATH",
-        help="resume from this savepoint when running locally (`flink run -s PATH` on a cluster)",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    windows = Windows(
-        tumble_s=args.tumble_s, hop_size_s=args.hop_size_s, hop_slide_s=args.hop_slide_s,
-        zone_s=args.zone_s, allowed_lateness_s=args.allowed_lateness_s, silence_s=args.silence_s,
-    )  # fmt: skip
-    from dataclasses import replace
-
-    domain = replace(domain, out_of_order_s=args.out_of_order_s)
-    settings = load_settings()
-    os.environ.setdefault("CITYSTREAM_JOB_NAME", f"citystream-{domain.name}")
-    t_env = job_environment(settings, parallelism=args.parallelism)
-    if args.from_savepoint:
-        t_env.get_config().set("execution.state-recovery.path", args.from_savepoint)
     sinks = build(
-        t_env, settings, domain, windows, bounded=args.bounded, exactly_once=not args.at_least_once,
-        watermark_on_event=args.watermark_on_event,
+        t_env, settings, domain, windows, bounded=bounded, exactly_once=exactly_once,
+        watermark_on_event=watermark_on_event,
     )  # fmt: skip
     outputs = process(t_env, domain, t_env.from_path(f"{domain.name}_raw"), windows)
-    from citystream.jobs.runtime import detached
-
     result = insert_all(t_env, outputs, sinks)
     if not detached():
         result.wait()
+
+
+def main_for(domain: Domain, argv: Sequence[str] | None = None) -> int:
+    """The thin ``main()`` of every domain job: its arguments (jobs/cli.py) -> :func:`run_domain_job`."""
+    args = parse_domain_args(domain.name, domain.topic, Windows(), domain.out_of_order_s, argv)
+    run_domain_job(
+        load_settings(), replace(domain, out_of_order_s=args.out_of_order_s), args.windows,
+        bounded=args.bounded, parallelism=args.parallelism, exactly_once=args.exactly_once,
+        watermark_on_event=args.watermark_on_event, savepoint=args.savepoint,
+    )  # fmt: skip
     return 0

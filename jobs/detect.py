@@ -2,7 +2,7 @@
 
 ``detect`` is the whole job as a pure ``DataStream -> DataStream`` function
 (tests feed it bounded collections at parallelism 1 and 2); ``main`` only
-wires the Kafka topics from settings. The logic is citystream.alerts, the
+wires the Kafka topics from settings. The logic is citystream.detection, the
 same code the quality report scores, so the report's numbers are the job's.
 
 Why this shape:
@@ -32,19 +32,30 @@ in the same harness, so the two Python hops are the cost, not the detectors
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pyflink.common import Duration, Row, Types, WatermarkStrategy
 from pyflink.common.watermark_strategy import TimestampAssigner
-from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext
+from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext, StreamExecutionEnvironment
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.table import StreamTableEnvironment
 
-from citystream.alerts import DetectionConfig, GroupEngine, MetricDetector, load_config
+from citystream.detection import (
+    DetectionConfig,
+    GroupEngine,
+    GroupState,
+    MetricDetector,
+    MetricState,
+    load_config,
+)
+from citystream.jobs.cli import parse_detect_args
+from citystream.jobs.runtime import detached, stream_environment
+from citystream.jobs.sql import kafka_table
+from citystream.settings import Settings
+from citystream.settings import load as load_settings
 
 #: Column order of the rows ``detect`` consumes (WindowAggregate, times as epoch ms).
 INPUT_FIELDS = (
@@ -124,11 +135,11 @@ class MetricStage(KeyedProcessFunction):
         if det is None:
             return
         raw = self.state.value()
-        st = json.loads(raw) if raw else det.init()
+        st = MetricState.from_json(raw) if raw else det.init()
         st2, verdict = det.step(st, dict(zip(INPUT_FIELDS, value, strict=True)))
         if st2 == st:
             return  # late or reordered: nothing learned, nothing to say
-        self.state.update(json.dumps(st2, separators=(",", ":")))
+        self.state.update(st2.to_json())
         verdict["domain"] = value[0]
         yield self.config.group_of(value[0], value[2]), json.dumps(verdict, separators=(",", ":")), value[5]
 
@@ -177,16 +188,16 @@ class GroupStage(KeyedProcessFunction):
             return
         self.pending.update(later)
         raw = self.state.value()
-        st = json.loads(raw) if raw else self.engine.init()
+        st = GroupState.from_json(json.loads(raw)) if raw else self.engine.init()
         for w in sorted(due):
-            if st["w"] is not None and w <= st["w"]:
+            if st.window_end is not None and w <= st.window_end:
                 continue  # its window was already judged: a straggler cannot change history
             items = sorted(due[w], key=lambda v: (v["key_id"], v["metric"]))
             st, out = self.engine.step(st, items[0]["domain"], w, items)
             for kind, key in (("health", "health"), ("anomaly", "anomalies"), ("alert", "alerts")):
                 for rec in out[key]:
                     yield kind, json.dumps(rec, separators=(",", ":"), sort_keys=True)
-        self.state.update(json.dumps(st, separators=(",", ":")))
+        self.state.update(json.dumps(st.to_json(), separators=(",", ":")))
 
 
 def with_window_watermarks(aggregates: DataStream, out_of_order_ms: int = OUT_OF_ORDER_MS) -> DataStream:
@@ -262,31 +273,45 @@ def _as_sql(cols: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
+#: The Python worker settings measured in benchmarks (see the module docstring).
+WORKER_OPTIONS = {
+    "python.fn-execution.bundle.size": "20000",
+    "python.fn-execution.bundle.time": "1000",
+    "python.state.cache-size": "10000",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run against Kafka from settings; ``--bounded`` stops at the offsets current at start."""
-    from citystream.settings import load as load_settings
-
-    parser = argparse.ArgumentParser(prog="citystream.jobs.detect", description=__doc__)
-    parser.add_argument("--bounded", action="store_true", help="stop at the offsets current at start")
-    parser.add_argument(
-        "--config", type=Path, default=None, help="detection config (default infra/detection.toml)"
-    )
-    parser.add_argument("--parallelism", type=int, default=None, help="default: the settings' parallelism")
-    parser.add_argument(
-        "--from-savepoint", default=None, metavar="PATH",
-        help="resume from this savepoint when running locally (`flink run -s PATH` on a cluster)",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
+    args = parse_detect_args(__doc__ or "", argv)
     # The config is read at every (re)start: edit infra/detection.toml, restart from a savepoint.
     run(
         load_settings(), load_config(args.config), bounded=args.bounded, parallelism=args.parallelism,
-        savepoint=args.from_savepoint,
+        savepoint=args.savepoint,
     )  # fmt: skip
     return 0
 
 
+def environment(
+    settings: Settings,
+    *,
+    parallelism: int | None = None,
+    savepoint: str | None = None,
+    bounded: bool = False,
+) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
+    """``runtime.stream_environment`` with the detect job's name, worker settings and idle timeout.
+
+    A partition with no traffic must not hold every group's watermark (and
+    alerts) back for long, but aggregates arrive a minute apart: 60 s.
+    """
+    return stream_environment(
+        settings, job="citystream-detect", parallelism=parallelism, bounded=bounded, savepoint=savepoint,
+        idle_timeout="60 s", overrides=WORKER_OPTIONS,
+    )  # fmt: skip
+
+
 def run(
-    settings: Any,
+    settings: Settings,
     config: DetectionConfig,
     *,
     bounded: bool,
@@ -301,20 +326,7 @@ def run(
     restores too. With ``wait=False`` the job is left running and its
     ``TableResult`` returned (``get_job_client()`` stops it with a savepoint).
     """
-    from citystream.jobs.runtime import connector_jars
-    from citystream.jobs.sql import kafka_table
-    from pyflink.datastream import StreamExecutionEnvironment
-    from pyflink.table import StreamTableEnvironment
-
-    env = StreamExecutionEnvironment.get_execution_environment()
-    configure(env, settings, parallelism=parallelism, savepoint=savepoint, bounded=bounded)
-    env.add_jars(*(j.as_uri() for j in connector_jars(settings)))
-    t_env = StreamTableEnvironment.create(env)
-    t_env.get_config().set("table.local-time-zone", "UTC")
-    # A partition with no traffic must not hold every group's watermark (and alerts) back.
-    t_env.get_config().set("table.exec.source.idle-timeout", "60 s")
-    # Stable uids for the SQL operators too (Kafka source offsets, sink transactions).
-    t_env.get_config().set("table.exec.uid.generation", "ALWAYS")
+    _, t_env = environment(settings, parallelism=parallelism, savepoint=savepoint, bounded=bounded)
     lag_s = OUT_OF_ORDER_MS // 1000
     t_env.execute_sql(
         kafka_table(
@@ -359,51 +371,10 @@ def run(
         t_env.create_temporary_view(f"{kind}_json", t_env.from_data_stream(texts))
         statements.add_insert_sql(f"INSERT INTO {kind}_sink SELECT {_as_sql(cols)} FROM {kind}_json")
     result = statements.execute()
-    from citystream.jobs.runtime import detached
-
     if not wait or detached():
         return result
     result.wait()
     return None
-
-
-def configure(
-    env: Any,
-    settings: Any = None,
-    *,
-    parallelism: int | None = None,
-    savepoint: str | None = None,
-    bounded: bool = False,
-) -> None:
-    """Checkpointing and the Python worker settings measured in benchmarks (see the job's docstring).
-
-    Checkpoints go to the file system under the run directory: the group
-    stage's state (pending verdicts of a window, drift baselines of every
-    sensor of a group) outgrows the JobManager's 5 MB in-memory limit.
-    """
-    import os
-
-    from pyflink.common import Configuration
-
-    from citystream.settings import Settings
-
-    s = settings if settings is not None else Settings()
-    conf = Configuration()
-    conf.set_string("python.executable", os.environ.get("PYFLINK_PYTHON", sys.executable))
-    conf.set_string("python.fn-execution.bundle.size", "20000")
-    conf.set_string("python.fn-execution.bundle.time", "1000")
-    conf.set_string("python.state.cache-size", "10000")
-    conf.set_string("execution.checkpointing.storage", "filesystem")
-    conf.set_string("execution.checkpointing.dir", (s.run_dir / "flink" / "checkpoints" / "detect").as_uri())
-    conf.set_string("pipeline.name", os.environ.get("CITYSTREAM_JOB_NAME", "citystream-detect"))
-    if savepoint:
-        conf.set_string("execution.state-recovery.path", savepoint)
-    if bounded:  # a broken bounded run fails its caller instead of restarting forever
-        conf.set_string("restart-strategy.type", "fixed-delay")
-        conf.set_string("restart-strategy.fixed-delay.attempts", "2")
-    env.configure(conf)
-    env.enable_checkpointing(10_000)
-    env.set_parallelism(parallelism or s.flink_parallelism)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from citystream.jobs.common import Domain, Metric, Outputs, Windows, main_for, process
 from pyflink.table import Table, TableEnvironment
+
+from citystream.jobs.common import Domain, Metric, Outputs, Windows, main_for, process
 
 #: Occupancy thresholds (percent) of congestion levels 1, 2 and 3.
 CONGESTION_OCCUPANCY = (15.0, 25.0, 40.0)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from citystream.jobs.common import Domain, Metric, Outputs, Windows, main_for, process
 from pyflink.table import Table, TableEnvironment
+
+from citystream.jobs.common import Domain, Metric, Outputs, Windows, main_for, process
 
 WATER = Domain(
     name="water",

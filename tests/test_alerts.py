@@ -1,4 +1,4 @@
-"""Unit tests of citystream.alerts: config loading, the per-key detector and the alert lifecycle.
+"""Unit tests of citystream.detection: config loading, the per-key detector and the alert lifecycle.
 
 Every expectation is computed by hand in the comments; no Flink, no I/O
 beyond reading the shipped config.
@@ -11,18 +11,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from citystream.alerts import (
+from citystream.catalog import DOMAIN_NAMES
+from citystream.detection import (
     AlertPolicy,
     Detection,
     DetectionConfig,
     DomainRules,
     GroupEngine,
-    MetricDetector,
+    GroupState,
     MetricRule,
     family_and_locus,
     load_config,
     parse_config,
 )
+from citystream.detection.relations import RELATIONS, relations_for
 from citystream.errors import UserError
 
 T0 = 1_767_571_200_000
@@ -76,74 +78,6 @@ def test_shipped_config_loads_and_covers_every_domain() -> None:
 def test_config_errors_name_the_table_and_key(data: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         parse_config(data)
-
-
-# --------------------------------------------------------------------------- stage 1
-
-
-def test_level_detector_hand_computed() -> None:
-    det = MetricDetector(RULE)
-    st = det.init()
-    # w0 seeds m = 4.0; w1: resid 0.2, scale = max(s=0, min 0.1) -> z = 2 (warming: n=1 < 2, not scored)
-    st, v0 = det.step(st, row(0, 4.0))
-    st, v1 = det.step(st, row(1, 4.2))
-    assert v0["z"] == v1["z"] == 0.0 and not v1["anomalous"]
-    # halflife 1 -> alpha 0.5, but a = max(0.5, 1/(n+1)=0.5): m = 4.1, s = 0.5 * sqrt(pi/2) * 0.2
-    assert st["m"] == pytest.approx(4.1) and st["s"] == pytest.approx(0.5 * 1.2533141 * 0.2)
-    # w2 (n=2, ready): 3.5 -> z = (3.5 - 4.1) / max(0.12533, 0.1) = -4.787 -> anomaly below expected
-    st, v2 = det.step(st, row(2, 3.5))
-    assert v2["anomalous"] and v2["detector"] == "level-v1" and v2["expected"] == pytest.approx(4.1)
-    assert v2["z"] == pytest.approx(-0.6 / (0.5 * 1.2533141 * 0.2), rel=1e-6)
-    assert "below expected 4.1" in v2["note"] and v2["severity"] == "warning"
-
-
-def test_rule_fires_from_the_first_window_and_late_rows_are_ignored() -> None:
-    rule = MetricRule("pressure_bar", detectors=("rule",), rule_low=1.5)
-    det = MetricDetector(rule)
-    st, v = det.step(det.init(), row(5, 1.2))
-    assert v["anomalous"] and v["detector"] == "rule-v1" and v["score"] == 1.0 and v["z"] == -1e9
-    st2, late = det.step(st, row(4, 1.0))
-    assert st2 == st and not late["anomalous"] and late["note"] == "late revision ignored"
-
-
-def test_flat_and_out_of_range_are_health_not_anomalies() -> None:
-    det = MetricDetector(MetricRule("pressure_bar", low=0.0, high=16.0, stuck_windows=3))
-    st = det.init()
-    healths = []
-    for k in range(4):
-        st, v = det.step(st, row(k, 3.0))
-        healths.append(v["health"])
-    assert healths == ["ok", "ok", "flat", "flat"]  # third identical window is the third in a row
-    st, v = det.step(st, row(4, -1.0))
-    assert v["health"] == "out_of_range" and not v["anomalous"]
-
-
-def test_zero_is_normal_and_skip_zero() -> None:
-    det = MetricDetector(MetricRule("occupancy_pct", zero_is_normal=True, stuck_windows=2))
-    st = det.init()
-    for k in range(5):
-        st, v = det.step(st, row(k, 0.0, metric="occupancy_pct"))
-        assert v["health"] == "ok"
-    pump = MetricDetector(MetricRule("flow_lps", skip_zero=True, warmup_windows=1))
-    st, v = pump.step(pump.init(), row(0, 10.0, 0.0, 30.0, metric="flow_lps"))
-    assert st["n"] == 0 and "equipment off" in v["note"]
-
-
-def test_state_round_trip_gives_identical_verdicts() -> None:
-    det = MetricDetector(MetricRule("pressure_bar", warmup_windows=3))
-    values = [4.0, 4.1, 3.9, 4.05, 4.0, 3.0, 4.2, 4.1]
-    st = det.init()
-    straight = []
-    for k, x in enumerate(values):
-        st, v = det.step(st, row(k, x, x - 0.01, x + 0.02))
-        straight.append(v)
-    st = det.init()
-    resumed = []
-    for k, x in enumerate(values):
-        st = json.loads(json.dumps(st))  # a checkpoint between every window
-        st, v = det.step(st, row(k, x, x - 0.01, x + 0.02))
-        resumed.append(v)
-    assert resumed == straight
 
 
 # --------------------------------------------------------------------------- stage 2: lifecycle
@@ -246,8 +180,11 @@ def test_detection_round_trip_through_json_matches_uninterrupted_run() -> None:
     whole = Detection(c).run(rows)
     first = Detection(c)
     part1 = first.run([r for r in rows if r["window_end"] <= T0 + 30 * W])
+    groups = json.loads(json.dumps({k: v.to_json() for k, v in first.group_states.items()}))
     restored = Detection(
-        c, json.loads(json.dumps(first.metric_states)), json.loads(json.dumps(first.group_states))
+        c,
+        json.loads(json.dumps(first.metric_states)),
+        {k: GroupState.from_json(v) for k, v in groups.items()},
     )
     part2 = restored.run([r for r in rows if r["window_end"] > T0 + 30 * W])
     assert {k: part1[k] + part2[k] for k in whole} == whole
@@ -258,7 +195,7 @@ def test_detection_round_trip_through_json_matches_uninterrupted_run() -> None:
 
 
 def test_neighbours_follow_the_city_layout() -> None:
-    from citystream.alerts import neighbours
+    from citystream.detection import neighbours
 
     assert neighbours("grid", "grid-ss01-f5-a", "grid-ss01-f5-c")
     assert not neighbours("grid", "grid-ss01-f5-a", "grid-ss01-f6-a")
@@ -615,3 +552,67 @@ def test_relation_keys_parse() -> None:
     assert r is not None and (r.relation_tolerance, r.relation_warmup, r.relation_memory) == (0.003, 30, 60.0)
     with pytest.raises(UserError, match="relation_warmup must be a whole number"):
         parse_config({"domain": {"grid": {"metric": {"x": {"relation_warmup": 1.5}}}}})
+
+
+# --------------------------------------------------------------------------- stage 2: typed state
+
+
+def _busy_dma(k: int, level: float, pump: float, inlet: float) -> list[dict]:
+    """A DMA whose state has everything in it: a learned tank balance, a gauge that freezes
+    (windows 30-39: health event, sensor_fault alert, muted), a burst of anomalies (50-52: an
+    alert that resolves into the cooldown) and an unmetered inflow (window 79)."""
+    vs = _tank_verdicts(k, level + (0.05 if k == 79 else 0.0), pump, inlet)
+    burst = 50 <= k < 53
+    vs.append(verdict(k, "water-z01-j01-pressure", 6.0 if burst else 0.0, burst,
+                      health="flat" if 30 <= k < 40 else "ok"))  # fmt: skip
+    return vs
+
+
+def test_group_state_round_trips_through_json_and_the_engine_continues_identically() -> None:
+    rules = {
+        "tank_level_m": MetricRule("tank_level_m", balance_z=10.0, min_scale=0.01, warmup_windows=20),
+        "flow_lps": MetricRule("flow_lps"),
+        "pressure_bar": RULE,
+    }
+    e = GroupEngine(water_cfg(**rules))
+
+    def run(checkpoints: set[int]) -> tuple[GroupState, list[dict]]:
+        st, out = e.init(), []
+        for k, level, pump, inlet in _tank(80):
+            if k in checkpoints:  # what the Flink job does: ValueState holds the JSON text
+                st = GroupState.from_json(json.loads(json.dumps(st.to_json())))
+            if k == 60:
+                assert st.closed and st.sensors and st.balance.count  # all of it goes through JSON
+            st, recs = e.step(st, "water", T0 + (k + 1) * W, _busy_dma(k, level, pump, inlet))
+            out.append(recs)
+        return st, out
+
+    whole_state, whole = run(set())
+    restored_state, restored = run({1, 20, 31, 45, 51, 55, 60, 65, 79})
+    assert restored == whole and restored_state.to_json() == whole_state.to_json()
+    alerts = [(a["kind"], a["state"]) for recs in whole for a in recs["alerts"]]
+    assert ("sensor_fault", "open") in alerts and ("hydraulic_anomaly", "resolve") in alerts
+    assert ("tank_level", "open") in alerts
+    saved = whole_state.to_json()
+    assert saved["v"] == 1 and saved["balance"]["count"] > 70 and saved["relations"] == {}
+
+
+def test_a_step_leaves_its_input_state_alone() -> None:
+    e = GroupEngine(cfg(quiet_windows=1))
+    st, _ = e.step(e.init(), "water", T0 + W, [verdict(0, "water-z01-j01-pressure", 5.0, True)])
+    before = st.to_json()
+    e.step(st, "water", T0 + 2 * W, [verdict(1, "water-z01-j01-pressure", 0.0, False, health="flat")])
+    assert st.to_json() == before
+
+
+def test_group_state_refuses_an_unknown_version() -> None:
+    with pytest.raises(ValueError, match="format version 2, this code reads version 1"):
+        GroupState.from_json({**GroupState().to_json(), "v": 2})
+    with pytest.raises(ValueError, match="format version None"):  # a checkpoint from before v1
+        GroupState.from_json({"sensors": {}, "open": {}, "closed": {}, "drift": {}, "w": None})
+
+
+def test_every_catalog_domain_has_its_relations() -> None:
+    assert set(RELATIONS) == set(DOMAIN_NAMES)
+    assert all(relations_for(d).domain == d for d in DOMAIN_NAMES)
+    assert relations_for("air").family_and_locus("pm10", "air-z01-s1") == ("air", "air-z01")

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+
 from citystream.dashboards import build, push
 from citystream.dashboards.boards import UIDS
 from citystream.dashboards.factories import DATASOURCE_TYPE, DATASOURCE_UID
-
 from citystream.errors import UserError
 from citystream.proc import free_port
 from citystream.settings import ROOT, Settings

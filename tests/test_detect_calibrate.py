@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from citystream.detect import AlarmGate, EwmaZ, Likelihood, ScoreInput, combine, run
-from citystream.detect.base import dumps, loads
+from citystream.detection import AlarmGate, EwmaZ, Likelihood, ScoreInput, run
+from citystream.detection.base import dumps, loads
 
 
 def phi(z: float) -> float:
@@ -144,12 +144,3 @@ def test_gate_treats_nan_as_quiet_and_validates() -> None:
     assert fired == [1, 0] and active == [True, False]
     with pytest.raises(ValueError):
         AlarmGate(on=0.5, off=0.9)
-
-
-def test_combine() -> None:
-    assert combine([0.2, 0.999, math.nan]) == 0.999
-    assert combine([0.2, 0.999], "bonferroni") == pytest.approx(0.998)
-    assert combine([0.1] * 20, "bonferroni") == 0.0
-    assert combine([]) == 0.0
-    with pytest.raises(ValueError):
-        combine([0.5], "mean")

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from citystream.detect import cli as detect_cli
-from citystream.detect import evaluate
-from citystream.detect.datasets import default_root, load_batadal, load_nab, load_skab
+from citystream.cli import evaluate as detect_cli
+from citystream.detection import load_config
 from citystream.errors import UserError
+from citystream.evaluation import evaluate
+from citystream.evaluation.datasets import default_root, load_batadal, load_nab, load_skab
 from citystream.settings import ROOT
 
 DATASETS = default_root(ROOT)
@@ -113,9 +114,10 @@ def test_evaluate_command_writes_the_report(
     assert args.handler(args) == 0
     text = out.read_text()
     assert text == capsys.readouterr().out
-    for heading in ("### NAB", "### BATADAL", "### SKAB", "| null |", "| periodic floor |"):
+    for heading in ("### NAB", "### BATADAL", "### SKAB", "| null |", "| stage 1, level_model=ewma |"):
         assert heading in text
-    results = evaluate.run_evaluation(fake_root, "full", ("batadal",), candidates=[evaluate.CHOSEN])
+    shipped = evaluate.VARIANTS[-1]
+    results = evaluate.run_evaluation(fake_root, load_config(), "full", ("batadal",), variants=[shipped])
     assert results["BATADAL"][0].batadal > 0.5  # the spoofed level is caught
 
 
@@ -127,35 +129,18 @@ def test_evaluate_command_rejects_a_missing_folder(tmp_path: Path) -> None:
         args.handler(args)
 
 
-def test_calibrating_precomputed_scores_equals_wrapping_the_detector() -> None:
-    """The evaluation shortcut (score once, calibrate many) must not change a single number."""
-    import numpy as np
-
-    from citystream.detect import EwmaZ, Likelihood, run
-
-    rnd = random.Random(2)
-    values = np.array([rnd.gauss(0, 1) + (8 if i == 700 else 0) for i in range(1000)])
-    t = np.arange(1000, dtype=np.int64) * 60_000
-    _, raw = evaluate.raw_scores(EwmaZ(), t, values)
-    shortcut = evaluate.calibrate(None, raw, t)
-    lik = evaluate.LIKELIHOOD
-    wrapped = Likelihood(EwmaZ(), lik.short, lik.halflife, lik.warmup, lik.clip, lik.min_std, lik.tail)
-    assert run(wrapped, t.tolist(), values.tolist())[1] == shortcut.tolist()
-
-
 @pytest.mark.datasets
 def test_small_slice_real_numbers_are_sane() -> None:
     if not DATASETS.is_dir():
         pytest.skip(f"shared datasets not found at {DATASETS}")
-    cands = [c for c in evaluate.CANDIDATES if c.name in ("null", "periodic floor")] + [evaluate.CHOSEN]
-    results = evaluate.run_evaluation(DATASETS, "small", candidates=cands)
+    results = evaluate.run_evaluation(DATASETS, load_config(), "small")
     nab = {r.detector: r for r in results["NAB"]}
     bat = {r.detector: r for r in results["BATADAL"]}
     skab = {r.detector: r for r in results["SKAB"]}
-    chosen = evaluate.CHOSEN.name
+    chosen, ewma = evaluate.VARIANTS[-1].name, "stage 1, level_model=ewma"
     assert nab["null"].nab == 0.0
-    assert nab[chosen].nab > nab["periodic floor"].nab + 10
+    assert nab[chosen].nab > nab[ewma].nab + 10  # why imported series get the calibrated level model
     assert bat["null"].batadal == pytest.approx(0.25)
-    assert bat[chosen].batadal > bat["periodic floor"].batadal
+    assert bat[chosen].batadal > bat[ewma].batadal
     assert skab[chosen].events.f1 > 0.3 and skab[chosen].events.recall > 0.5
     assert all(not math.isnan(r.events.median_ttd) for r in (nab[chosen], bat[chosen], skab[chosen]))

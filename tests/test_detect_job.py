@@ -1,7 +1,7 @@
 """The detect job on a real Flink MiniCluster: bounded aggregates in, exact records out.
 
 Expectations: the job must emit exactly what the pure two-stage code
-(citystream.alerts.Detection) emits for the same rows - that is what makes the
+(citystream.detection.Detection) emits for the same rows - that is what makes the
 quality report's numbers the job's - at parallelism 1 and 2, and the
 hand-checked facts of the scenario (a step on one pressure gauge opens one
 alert; a flat-lined gauge gives one health event and one sensor_fault alert).
@@ -16,9 +16,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient
+from pyflink.common import Row
 
-from citystream.alerts import Detection, load_config
-from citystream.proc import child_env
+from citystream import contracts
+from citystream.detection import Detection, load_config
+from citystream.jobs.detect import INPUT_FIELDS, INPUT_TYPE, detect, environment, run, with_window_watermarks
+from citystream.proc import child_env, free_port, wait_until
+from citystream.settings import Settings
+from citystream.stack import Flink
+from citystream.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -52,12 +60,7 @@ def expected() -> list[tuple[str, str]]:
 
 
 def run_job(parallelism: int) -> list[tuple[str, str]]:
-    from citystream.jobs.detect import INPUT_FIELDS, INPUT_TYPE, configure, detect, with_window_watermarks
-    from pyflink.common import Row
-    from pyflink.datastream import StreamExecutionEnvironment
-
-    env = StreamExecutionEnvironment.get_execution_environment()
-    configure(env, parallelism=parallelism)
+    env, _ = environment(Settings(), parallelism=parallelism)
     rows = [Row(*[r[f] for f in INPUT_FIELDS]) for r in scenario()]
     out = detect(with_window_watermarks(env.from_collection(rows, type_info=INPUT_TYPE)))
     with out.execute_and_collect() as results:
@@ -87,10 +90,6 @@ def test_job_matches_pure_detection(parallelism: int) -> None:
 
 def _produce(settings, rows: list[dict]) -> None:
     """Each gauge on a partition of its own, written gauge by gauge (see the Kafka test)."""
-    from kafka import KafkaProducer
-
-    from citystream import contracts
-
     gauges = sorted({r["key_id"] for r in scenario()})
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     try:
@@ -109,10 +108,6 @@ def _produce(settings, rows: list[dict]) -> None:
 
 def _consume(settings, topic: str, record: str) -> list[dict]:
     """Committed records of a result topic, checking each is keyed as infra/topics.toml says."""
-    from kafka import KafkaConsumer
-
-    from citystream import contracts
-
     consumer = KafkaConsumer(
         settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
         consumer_timeout_ms=5000, isolation_level="read_committed",
@@ -153,9 +148,6 @@ def test_kafka_in_kafka_out_matches_pure_detection(kafka) -> None:
     made downstream of the source would call j02's and j03's rows late; the
     source's per-partition watermarks must not.
     """
-    from citystream.jobs.detect import run
-
-    from citystream.topics import ensure_topics
 
     settings = kafka.settings_.replace(topic_prefix="detectjob.")
     ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
@@ -167,9 +159,6 @@ def test_kafka_in_kafka_out_matches_pure_detection(kafka) -> None:
 @pytest.fixture(scope="module")
 def cluster(kafka, tmp_path_factory: pytest.TempPathFactory):
     """The project's standalone Flink cluster (the one `citystream stack up` starts), on free ports."""
-    from citystream.proc import free_port
-    from citystream.stack import Flink
-
     settings = kafka.settings_.replace(run_dir=tmp_path_factory.mktemp("flink"), flink_rest_port=free_port())
     flink = Flink(settings)
     flink.start()
@@ -187,11 +176,6 @@ def test_stop_with_savepoint_then_restore_equals_one_uninterrupted_run(cluster, 
     stopped without advancing it) and the Kafka offsets; a restore that lost
     any of them would re-warm, drop or repeat records.
     """
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.admin import KafkaAdminClient
-
-    from citystream.proc import wait_until
-    from citystream.topics import ensure_topics
 
     settings = cluster.replace(topic_prefix="detectsp.", flink_parallelism=2)
     env = child_env(settings.to_env())  # without the in-process PyFlink state of earlier tests

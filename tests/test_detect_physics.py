@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from citystream.detect.physics import (
+from citystream.detection.physics import (
     fit_linear_balance,
     flow_conservation,
     frequency_agreement,

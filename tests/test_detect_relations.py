@@ -1,4 +1,4 @@
-"""Learned physical relations (citystream.detect.physics): hand-computed evidence and flags.
+"""Learned physical relations (citystream.detection.learned): hand-computed evidence and flags.
 
 Every number below is worked out in the comments from the definitions: the
 evidence is a precision-weighted, exponentially forgetting mean of residuals,
@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from citystream.detect.physics import (
+from citystream.detection.learned import (
     LinearDrift,
     LoopSpeedCheck,
     RelationDrift,
@@ -143,7 +143,7 @@ def test_loop_speed_check_learns_free_flow_and_flags_a_drifting_speed_channel() 
 
 
 def test_flag_sign_keeps_a_side_with_hysteresis() -> None:
-    from citystream.detect.physics import flag_sign
+    from citystream.detection.learned import flag_sign
 
     assert flag_sign(0, 0.2, 6.0, 5.0, 0.1) == 1  # over both thresholds
     assert flag_sign(1, 0.06, 3.0, 5.0, 0.1) == 1  # kept: >= half of each on the same side

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from citystream.detect.scoring import (
+from citystream.evaluation.scoring import (
     EventScore,
     NabProfile,
     batadal_score,

@@ -7,7 +7,7 @@ must not blame the sensor for events that other labels explain.
 
 from __future__ import annotations
 
-from citystream.detect.evaluate import score_simulator
+from citystream.evaluation.evaluate import score_simulator
 
 T0 = 1_767_571_200_000
 W = 60_000

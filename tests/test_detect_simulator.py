@@ -13,7 +13,7 @@ from functools import cache
 
 import pytest
 
-from citystream.detect import evaluate
+from citystream.evaluation import evaluate
 
 
 @cache

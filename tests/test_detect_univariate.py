@@ -10,18 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citystream.detect import (
-    EwmaZ,
-    HoltWinters,
-    Likelihood,
-    MaxOf,
-    Null,
-    Periodic,
-    RangeRule,
-    RobustMad,
-    SeasonalProfile,
-)
-from citystream.detect.base import dumps, loads, run, tail_score
+from citystream.detection import EwmaZ, Likelihood, MaxOf, SeasonalProfile
+from citystream.detection.base import dumps, loads, run, tail_score
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -65,32 +55,6 @@ def test_ewma_constant_stream_uses_the_floor_not_zero() -> None:
     assert score == pytest.approx(erf_score(1.0), rel=1e-6)
 
 
-# --------------------------------------------------------------------------- MAD
-
-
-def test_mad_hand_computed() -> None:
-    d = RobustMad(window=5, warmup=3)
-    s, scores, _ = run(d, range(3), [1.0, 2.0, 3.0])
-    assert scores == [0.0, 0.0, 0.0]
-    s, score, _ = d.step(s, 3, 10.0)  # median 2, MAD 1 -> z = 8 / 1.4826
-    assert score == pytest.approx(erf_score(8 / 1.4826))
-    assert s["w"] == [1.0, 2.0, 3.0, 10.0]
-    s, _, _ = run(d, range(4, 7), [4.0, 5.0, 6.0], s)
-    assert s["w"] == [3.0, 10.0, 4.0, 5.0, 6.0]  # bounded window keeps the last 5
-
-
-def test_mad_zero_falls_back_to_mean_absolute_deviation() -> None:
-    d = RobustMad(window=4, warmup=4)
-    s = {"w": [5.0, 5.0, 5.0, 6.0]}  # median 5, MAD 0, mean abs dev 0.25
-    _, score, _ = d.step(s, 0, 7.0)
-    assert score == pytest.approx(erf_score(2.0 / (1.2533 * 0.25)))
-
-
-def test_mad_rejects_bad_configuration() -> None:
-    with pytest.raises(ValueError):
-        RobustMad(window=4, warmup=8)
-
-
 # --------------------------------------------------------------------------- seasonal
 
 
@@ -132,60 +96,14 @@ def test_seasonal_catches_a_value_normal_for_the_day_but_not_for_the_hour() -> N
     assert ewma.step(e_state, noon, 10.0)[1] < 0.9  # a global mean shrugs
 
 
-# --------------------------------------------------------------------------- Holt-Winters
-
-
-def test_holt_winters_hand_computed_without_season() -> None:
-    d = HoltWinters(alpha=0.5, beta=0.5, phi=1.0, buckets_per_day=0, scale_halflife=1.0, warmup=2)
-    s = d.init()
-    s, score, _ = d.step(s, T0, 10.0)
-    assert score == 0.0 and (s["l"], s["b"]) == (10.0, 0.0)
-    s, score, _ = d.step(s, T0 + 1, 12.0)  # forecast 10: l = 11, b = 0.5, e = 1
-    assert score == 0.0 and (s["l"], s["b"], s["e"]) == (11.0, 0.5, 1.0)
-    s, score, _ = d.step(s, T0 + 2, 14.0)  # forecast 11.5, r = 2.5, z = 2.5 / 1.2533
-    assert score == pytest.approx(erf_score(2.5 / 1.2533))
-    assert (s["l"], s["b"], s["e"]) == (12.75, 1.125, 1.75)
-
-
-def test_holt_winters_follows_a_trend_and_a_season() -> None:
-    times = [T0 + i * HOUR for i in range(24 * 20)]
-    values = [0.5 * i + (20.0 if 8 <= (i % 24) < 18 else 0.0) + (i % 3) * 0.1 for i in range(len(times))]
-    _, scores, _ = run(HoltWinters(), times, values)
-    assert max(scores[24 * 10 :]) < 0.999
-    spike_t = times[-1] + HOUR
-    st_, _, _ = run(HoltWinters(), times, values)
-    _, score, why = HoltWinters().step(st_, spike_t, values[-1] + 200.0)
-    assert score > 0.9999 and "forecast" in why
-
-
-# --------------------------------------------------------------------------- rules and floors
-
-
-def test_range_rule_band_and_rate() -> None:
-    r = RangeRule(49.8, 50.2, max_rate=0.5, label="f")
-    s = r.init()
-    s, score, why = r.step(s, 0, 50.0)
-    assert (score, why) == (0.0, "")
-    s, score, why = r.step(s, 1000, 49.7)
-    assert score == 1.0 and "below 49.8" in why
-    s, score, why = r.step(s, 1100, 50.1)  # +0.4 Hz in 0.1 s = 4 Hz/s
-    assert score == 1.0 and "faster" in why
-    s, score, _ = r.step(s, 5100, 50.15)
-    assert score == 0.0
-
-
-def test_periodic_floor_ignores_the_data() -> None:
-    _, a, _ = run(Periodic(period=3), range(9), [0.0] * 9)
-    _, b, _ = run(Periodic(period=3), range(9), [1e9, -5, 3, 7, 8, 1, 2, 3, 4])
-    assert a == b == [0, 0, 1, 0, 0, 1, 0, 0, 1]
-    assert run(Null(), range(3), [1e9, 2, 3])[1] == [0.0, 0.0, 0.0]
+# --------------------------------------------------------------------------- max-of
 
 
 def test_max_of_takes_the_most_alarming_part() -> None:
-    d = MaxOf((EwmaZ(warmup=5), RobustMad(window=8, warmup=5)))
+    d = MaxOf((EwmaZ(warmup=5), EwmaZ(halflife=20.0, warmup=5, name="fast")))
     s, _, _ = run(d, range(20), [float(i % 2) for i in range(20)])
     s2, score, why = d.step(s, 20, 50.0)
-    assert score > 0.9999 and why.split(":")[0] in {"ewma", "mad"}
+    assert score > 0.9999 and why.split(":")[0] in {"ewma", "fast"}
     assert len(s2["p"]) == 2
 
 
@@ -193,12 +111,8 @@ def test_max_of_takes_the_most_alarming_part() -> None:
 
 DETECTORS = [
     EwmaZ(warmup=10),
-    RobustMad(window=16, warmup=8),
     SeasonalProfile(buckets_per_day=4, warmup=2),
-    HoltWinters(warmup=10, buckets_per_day=4),
-    RangeRule(-2.0, 2.0, max_rate=1.0),
-    Periodic(period=7),
-    MaxOf((EwmaZ(warmup=5), HoltWinters(warmup=5, buckets_per_day=0))),
+    MaxOf((EwmaZ(warmup=5), SeasonalProfile(buckets_per_day=4, warmup=2))),
     Likelihood(EwmaZ(warmup=5), short=4, warmup=10),
 ]
 
@@ -217,8 +131,7 @@ def test_nan_never_poisons_the_state(det) -> None:
     before = json.dumps(s)
     for bad in (math.nan, math.inf, -math.inf):
         s2, score, why = det.step(s, times[100], bad)
-        if not isinstance(det, Periodic):  # the floor counts readings, whatever they are
-            assert json.dumps(s2) == before and score == 0.0 and why
+        assert json.dumps(s2) == before and score == 0.0 and why
     _, with_gaps, _ = run(
         det, times[100:], [math.nan if i % 3 == 0 else v for i, v in enumerate(values[100:])], s
     )
@@ -248,7 +161,7 @@ def test_step_is_pure_and_scores_stay_in_range(det) -> None:
         s = s_new
 
 
-@pytest.mark.parametrize("det", DETECTORS[:4], ids=lambda d: d.name)
+@pytest.mark.parametrize("det", DETECTORS[:2], ids=lambda d: d.name)
 def test_warmup_scores_zero(det) -> None:
     times, values = _series(4, 200)
     s = det.init()

@@ -30,16 +30,17 @@ from pathlib import Path
 
 import pytest
 
+from citystream import demo
+from citystream.catalog import DOMAIN_NAMES
+from citystream.connectors.loader import load
 from citystream.proc import child_env
 from citystream.settings import ROOT
+from citystream.store.migrate import migrate
+from citystream.topics import ensure_topics, list_topics
 
 pytestmark = pytest.mark.integration
 
-DOMAINS = {
-    "traffic": "citystream.TrafficReading",
-    "water": "citystream.WaterReading",
-    "grid": "citystream.GridReading",
-}
+DOMAINS = DOMAIN_NAMES
 WATERMARK_S = 30
 MINUTE = 60_000
 SIM = [
@@ -57,11 +58,6 @@ def _cli() -> str:
 @pytest.fixture(scope="module")
 def city(kafka, store, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Simulate, run the three jobs, load: returns settings, the summary and the read-back readings."""
-    from citystream.connectors.loader import load
-
-    from citystream.store.migrate import migrate
-    from citystream.topics import ensure_topics
-
     tmp = tmp_path_factory.mktemp("e2e")
     # One partition per topic: the topic's order is then the simulator's arrival order.
     spec = tmp / "topics.toml"
@@ -101,61 +97,19 @@ def city(kafka, store, tmp_path_factory: pytest.TempPathFactory) -> dict:
             failed[name] = out[-3000:]
     assert not failed, failed
 
-    from citystream.topics import list_topics
-
     parts = {t.name: t.partitions for t in list_topics(settings.kafka_bootstrap, settings.topic_prefix, spec)}
     assert set(parts.values()) == {1}, parts  # nothing grew them back to the default spec
 
     stats = load(settings, until_end=True, group_id="e2e-loader")
     assert stats.undecodable == 0
-    return {"settings": settings, "summary": summary, "readings": _read_back(settings)}
-
-
-def _read_back(settings, domains: tuple[str, ...] | None = None) -> dict[str, list[dict]]:
-    """Every delivered reading per domain, in topic order, with its offset (None where undecodable)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from citystream import contracts
-
-    out: dict[str, list[dict]] = {}
-    for domain, schema in DOMAINS.items():
-        if domains is not None and domain not in domains:
-            continue
-        topic = settings.topic(f"readings.{domain}")
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-            consumer_timeout_ms=5000, enable_auto_commit=False,
-        )  # fmt: skip
-        try:
-            consumer.assign([TopicPartition(topic, 0)])
-            rows = []
-            for m in consumer:
-                try:
-                    rec = contracts.decode(schema, m.value)
-                except Exception:  # an undecodable poisoned reading
-                    rec = None
-                rows.append({"offset": m.offset, "record": rec})
-        finally:
-            consumer.close()
-        out[domain] = rows
-    return out
-
-
-def _query(settings, sql: str, **params: object) -> list[tuple]:
-    from citystream.store.client import connect
-
-    client = connect(settings, readonly=True)
-    try:
-        return client.query(sql, parameters=params).result_rows
-    finally:
-        client.close()
+    return {"settings": settings, "summary": summary, "readings": demo.read_back(settings, DOMAINS)}
 
 
 @pytest.mark.parametrize("domain", sorted(DOMAINS))
 def test_dead_letters_equal_poisoned_readings(city: dict, domain: str) -> None:
     settings, summary = city["settings"], city["summary"]
     poisoned = sum(summary["domains"][domain]["imperfections"]["poison"].values())
-    rows = _query(
+    rows = demo.query(
         settings,
         "SELECT reason, count() FROM dead_letters FINAL WHERE source_topic = {t:String} GROUP BY reason",
         t=settings.topic(f"readings.{domain}"),
@@ -170,7 +124,7 @@ def test_late_and_duplicate_counts_equal_injected(city: dict, domain: str) -> No
     settings, summary = city["settings"], city["summary"]
     injected = summary["domains"][domain]["imperfections"]
     # A sensor's 1-minute rows (one per metric) share its window's late and duplicate counts.
-    per_window = _query(
+    per_window = demo.query(
         settings,
         """SELECT key_id, window_start, max(late), max(duplicates), uniqExact(late), uniqExact(duplicates)
            FROM window_aggregates FINAL
@@ -181,7 +135,7 @@ def test_late_and_duplicate_counts_equal_injected(city: dict, domain: str) -> No
     )
     assert all(u1 == 1 and u2 == 1 for *_, u1, u2 in per_window)
     in_windows = sum(r[2] for r in per_window)
-    beyond = _query(
+    beyond = demo.query(
         settings,
         "SELECT count() FROM late_events FINAL WHERE source_topic = {t:String}",
         t=settings.topic(f"readings.{domain}"),
@@ -194,20 +148,8 @@ def test_late_and_duplicate_counts_equal_injected(city: dict, domain: str) -> No
 @pytest.mark.parametrize("domain", sorted(DOMAINS))
 def test_one_row_per_sensor_per_covered_window(city: dict, domain: str) -> None:
     settings = city["settings"]
-    topic = settings.topic(f"readings.{domain}")
-    rejected = {
-        o
-        for table in ("dead_letters", "late_events")
-        for (o,) in _query(
-            settings, f"SELECT source_offset FROM {table} WHERE source_topic = {{t:String}}", t=topic
-        )
-    }
-    covered = {
-        (r["record"]["envelope"]["sensor_id"], r["record"]["envelope"]["event_time"] // MINUTE * MINUTE)
-        for r in city["readings"][domain]
-        if r["offset"] not in rejected and r["record"] is not None
-    }
-    rows = _query(
+    covered = demo.covered_minutes(city["readings"][domain], demo.rejected(settings, domain))
+    rows = demo.query(
         settings,
         """SELECT key_id, toUnixTimestamp64Milli(window_start), metric, count()
            FROM window_aggregates_latest
@@ -235,7 +177,7 @@ def test_silent_sensors_reported(city: dict, domain: str) -> None:
     quiet = {s for s, t in last.items() if t < end - 5 * MINUTE}
     reported = {
         s
-        for (s,) in _query(
+        for (s,) in demo.query(
             settings,
             "SELECT DISTINCT sensor_id FROM sensor_health WHERE domain = {d:String} AND status = 'silent'",
             d=domain,

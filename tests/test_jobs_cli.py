@@ -13,8 +13,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer
 
+from citystream import contracts
+from citystream.cli import build_parser
+from citystream.cli.jobs import _job_args
+from citystream.connectors.producer import ReadingProducer
+from citystream.jobs.deploy import flink_run_command
 from citystream.proc import child_env
+from citystream.stack import Flink
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +36,6 @@ def _traffic(sensor: str, second: int, seq: int, count: int) -> dict:
 
 
 def test_jobs_run_traffic_bounded(kafka) -> None:
-    from citystream.connectors.producer import ReadingProducer
-    from kafka import KafkaConsumer
-
-    from citystream import contracts
-
     settings = kafka.settings_.replace(topic_prefix="cli.")
     topic = settings.topic("readings.traffic")
     with ReadingProducer(settings.kafka_bootstrap) as producer:
@@ -94,9 +96,6 @@ def test_jobs_run_traffic_bounded(kafka) -> None:
 def test_job_arguments_after_the_separator_reach_the_job() -> None:
     import argparse
 
-    from citystream.cli import build_parser
-    from citystream.jobscli import _job_args
-
     want = ["--bounded", "--watermark-on-event", "--parallelism", "2"]
     for argv in (
         ["jobs", "run", "traffic", "--bounded", "--", "--watermark-on-event", "--parallelism", "2"],
@@ -114,8 +113,6 @@ def test_job_arguments_after_the_separator_reach_the_job() -> None:
 def test_flink_run_hands_the_job_its_arguments_unchanged(tmp_path: Path) -> None:
     # The real bundled Flink CLI (no cluster needed: the program only prints what it got). Without
     # the separator the CLI took a leading --parallelism 2 for itself and the job never saw it.
-    from citystream.jobscli import flink_run_command
-    from citystream.stack import Flink
 
     program = tmp_path / "show_args.py"
     program.write_text("import sys\nprint('ARGS', sys.argv[1:])\n")

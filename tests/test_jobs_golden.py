@@ -30,6 +30,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.schema import load_schema
+from kafka import KafkaConsumer
+
+from citystream import contracts
+from citystream.connectors.producer import ReadingProducer
+from citystream.jobs.common import Windows, add_inserts, build, process, window_options
+from citystream.jobs.grid import GRID
+from citystream.jobs.runtime import table_environment
+from citystream.jobs.traffic import TRAFFIC
+from citystream.jobs.water import WATER
+from citystream.settings import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -127,16 +140,10 @@ def _reading(domain: str, sensor_no: int, t_ms: int, seq: int, rng: random.Rando
 
 @functools.cache
 def _schema(name: str) -> dict:
-    from fastavro.schema import load_schema
-
-    from citystream.settings import ROOT
-
     return load_schema(str(ROOT / "avro" / f"{name}.avsc"))
 
 
 def _encode(domain: str, record: dict) -> bytes:
-    from fastavro import schemaless_writer
-
     buf = io.BytesIO()
     schemaless_writer(buf, _schema(RECORDS[domain]), record)
     return buf.getvalue()
@@ -262,8 +269,6 @@ def _envelope_time(value: bytes | None) -> int | None:
 
 
 def _decode(domain: str, value: bytes | None) -> tuple[dict | None, str | None]:
-    from fastavro import schemaless_reader
-
     if value is None:
         return None, "undecodable"
     buf = io.BytesIO(value)
@@ -441,9 +446,6 @@ def reference(domain: str, accepted: pd.DataFrame) -> dict[tuple, tuple]:
 @pytest.fixture(scope="module")
 def inputs(kafka) -> dict[str, list[Delivery]]:
     """Every domain's deliveries written to a one-partition topic per parallelism."""
-    from citystream.connectors.producer import ReadingProducer
-    from confluent_kafka.admin import AdminClient, NewTopic
-
     data = {d: deliveries(d) for d in DOMAINS}
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
     for p in (1, 2):
@@ -459,10 +461,6 @@ def inputs(kafka) -> dict[str, list[Delivery]]:
 
 
 def _consume(settings, topic: str, record: str) -> list[dict]:
-    from kafka import KafkaConsumer
-
-    from citystream import contracts
-
     consumer = KafkaConsumer(
         settings.topic(topic),
         bootstrap_servers=settings.kafka_bootstrap,
@@ -479,17 +477,14 @@ def _consume(settings, topic: str, record: str) -> list[dict]:
 @pytest.fixture(scope="module", params=[1, 2], ids=["p1", "p2"])
 def outputs(request, kafka, inputs) -> dict[str, list[dict]]:
     """All three jobs in one bounded Flink run (exactly-once sinks), their topics read back."""
-    from citystream.jobs.common import Windows, add_inserts, build, job_environment, process
-    from citystream.jobs.grid import GRID
-    from citystream.jobs.traffic import TRAFFIC
-    from citystream.jobs.water import WATER
-
     specs = {"grid": GRID, "traffic": TRAFFIC, "water": WATER}
 
     p = request.param
     settings = kafka.settings_.replace(topic_prefix=f"golden{p}.")
-    t_env = job_environment(settings, parallelism=p, checkpoint_interval="2 s")
     windows = Windows(silence_s=SILENCE_MS // 1000)
+    t_env = table_environment(
+        settings, job="golden", parallelism=p, checkpoint_interval="2 s", overrides=window_options(windows)
+    )
     stmt = t_env.create_statement_set()
     for name in DOMAINS:
         domain = specs[name]

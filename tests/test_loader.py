@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from citystream.connectors.avroframe import Framer, container
-from citystream.connectors.loader import ROUTES, routes
 
 from citystream import contracts
+from citystream.connectors.avroframe import Framer, container
+from citystream.connectors.loader import ROUTES, routes
 from citystream.proc import free_port
 from citystream.settings import Settings
 
@@ -486,7 +486,6 @@ def test_load_command_runs_the_loader_standalone(kafka, store) -> None:
 @pytest.mark.integration
 def test_every_topic_lands_and_bad_records_become_dead_letters(kafka, store) -> None:
     from citystream.connectors.loader import load
-
     from citystream.store.client import connect
     from citystream.store.migrate import migrate
 
@@ -533,7 +532,6 @@ def test_every_topic_lands_and_bad_records_become_dead_letters(kafka, store) -> 
 @pytest.mark.integration
 def test_loading_the_same_range_twice_changes_nothing_visible(kafka, store) -> None:
     from citystream.connectors.loader import load
-
     from citystream.store.migrate import migrate
 
     settings = _unique(kafka, store_port=store.settings.store_port)
@@ -551,7 +549,6 @@ def test_loading_the_same_range_twice_changes_nothing_visible(kafka, store) -> N
 @pytest.mark.integration
 def test_kill_9_mid_load_then_restart_holds_exactly_the_rows_of_a_clean_run(kafka, store, stores) -> None:
     from citystream.connectors.loader import load
-
     from citystream.store.migrate import migrate
 
     settings = _unique(kafka, store_port=store.settings.store_port)
@@ -605,7 +602,6 @@ def test_kill_9_mid_load_then_restart_holds_exactly_the_rows_of_a_clean_run(kafk
 @pytest.mark.integration
 def test_store_down_means_retries_with_backoff_nothing_lost_order_kept(kafka, stores) -> None:
     from citystream.connectors.loader import Loader, LoadStats
-
     from citystream.store.client import connect
     from citystream.store.migrate import migrate
 

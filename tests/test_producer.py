@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from citystream.connectors.producer import DeliveryError, ReadingProducer, record_key
 
 from citystream import contracts
+from citystream.connectors.producer import DeliveryError, ReadingProducer, record_key
 from citystream.errors import UserError
 from citystream.proc import free_port
 

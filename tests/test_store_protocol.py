@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citystream.store import wire
-from citystream.store.errors import StoreError, http_status
-from citystream.store.sqltext import analyze, split_statements
+from citystream.chserver import wire
+from citystream.chserver.errors import StoreError, http_status
+from citystream.chserver.sqltext import analyze, split_statements
 
 # length -> (low, high) of CH128 over bytes((i * 7 + length * 13 + 3) % 251 for i in range(length))
 CITYHASH_VECTORS = {

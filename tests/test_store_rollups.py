@@ -183,10 +183,10 @@ def test_a_pass_that_dies_leaves_answers_exact(db: Any, marker: str) -> None:
 
 @pytest.mark.integration
 def test_the_loader_seals_between_its_inserts(kafka, store) -> None:
-    from citystream.connectors.loader import Loader
     from confluent_kafka import Producer
 
     from citystream import contracts
+    from citystream.connectors.loader import Loader
     from citystream.store.client import connect
     from citystream.store.migrate import migrate
 

@@ -92,6 +92,8 @@ def running_store(data_dir: Path, log_name: str = "store.log") -> Iterator[Runni
         os.environ,
         CITYSTREAM_CLICKHOUSE_PASSWORD=PASSWORD,
         CITYSTREAM_CLICKHOUSE_VIEWER_PASSWORD=VIEWER_PASSWORD,
+        # The viewer reads only the project's database (the statement policy): name the tests' one.
+        CITYSTREAM_CLICKHOUSE_DATABASE="srv",
     )
     cmd = [sys.executable, "-m", "citystream.cli", "store", "serve"]
     cmd += ["--data", str(data_dir), "--port", str(port), "--log-level", "debug"]
@@ -280,7 +282,7 @@ def test_http_content_encodings_on_requests_and_responses(store: RunningStore) -
 
 
 def test_clickhouse_native_block_compression(store: RunningStore) -> None:
-    from citystream.store.wire import compress_blocks, decompress_blocks
+    from citystream.chserver.wire import compress_blocks, decompress_blocks
 
     _http(store, {"query": "CREATE TABLE IF NOT EXISTS srv.blocks (a UInt32) ENGINE = Memory"}, b"")
     status, _, native = _http(

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from citystream import cli, contracts, topics
+from citystream import cli, contracts
+from citystream.cli import topics as topics_cli
 from citystream.errors import UserError
 from citystream.topics import DEFAULT_SPEC, ensure_topics, list_topics, load_spec
 
@@ -122,7 +123,7 @@ def test_bad_prefix_is_a_user_error() -> None:
 
 
 def test_topics_command_is_registered() -> None:
-    assert "citystream.topics" in cli.COMMAND_MODULES
+    assert "citystream.cli.topics" in cli.COMMAND_MODULES
 
 
 # --------------------------------------------------------------------------- real broker
@@ -243,7 +244,7 @@ def test_cli_create_and_list(
     monkeypatch.setenv("CITYSTREAM_KAFKA_BOOTSTRAP", kafka.bootstrap)  # type: ignore[attr-defined]
     monkeypatch.setenv("CITYSTREAM_TOPIC_PREFIX", prefix)
     parser = argparse.ArgumentParser()
-    topics.register(parser.add_subparsers(dest="command", required=True))
+    topics_cli.register(parser.add_subparsers(dest="command", required=True))
 
     def run(*argv: str) -> int:
         args = parser.parse_args(["topics", *argv])
@@ -270,7 +271,6 @@ def test_every_topic_a_job_reads_or_writes_is_in_the_spec() -> None:
     from citystream.jobs.grid import GRID
     from citystream.jobs.traffic import TRAFFIC
     from citystream.jobs.water import WATER
-
     from citystream.settings import Settings
 
     class Capture:

@@ -1,32 +1,33 @@
 """``citystream``: one command line for the whole platform.
 
-Each command group lives in its own module and registers itself through a
-``register(subparsers)`` function; heavy imports happen inside the command
-handlers so that ``citystream --help`` stays instant.
+Why a package: argument parsing lives only here. Each command group is a module of
+``citystream.cli`` that registers itself through ``register(subparsers)`` and calls
+library functions with typed arguments; the libraries never see ``argparse``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
-from citystream import __version__
+from citystream import __version__, settings
 from citystream.errors import UserError
 
 #: Modules that add sub-commands, in the order --help lists them.
 COMMAND_MODULES = [
-    "citystream.stack",
-    "citystream.topics",
-    "citystream.demo",
-    "citystream.jobscli",
-    "citystream.querycli",
-    "citystream.store.cli",
-    "citystream.dashboards.cli",
-    "citystream.simulator.cli",
-    "citystream.importer",
-    "citystream.detect.cli",
+    "citystream.cli.stack",
+    "citystream.cli.topics",
+    "citystream.cli.demo",
+    "citystream.cli.jobs",
+    "citystream.cli.query",
+    "citystream.cli.store",
+    "citystream.cli.dashboards",
+    "citystream.cli.simulate",
+    "citystream.cli.importer",
+    "citystream.cli.evaluate",
 ]
 
 
@@ -47,8 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _show_config(args: argparse.Namespace) -> int:
-    from citystream import settings
-
     current = settings.load()
     by_field = {v: k for k, v in settings.ENV.items()}
     for name, value in current.masked().items():
@@ -62,8 +61,6 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import signal
-
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()

@@ -217,63 +217,77 @@ def _make(
         return _incident(dm, t0, t1, dt_ms, severity, rng, label_id)
 
     if domain == "water":
-        types = np.asarray(dm.attrs["sensor_type"])
-        dma_of = dm.column("dma_index")
-        dmas = dm.extra["dmas"]
-        need = {
-            "leak": ("flow", "pressure"),
-            "pump_failure": ("pump", "level"),
-            "contamination": ("quality",),
-            "tank_overflow": ("pump", "level"),
-        }[kind]
-        ok = [d for d in range(len(dmas)) if all(((dma_of == d) & (types == t)).any() for t in need)]
-        if not ok:
-            return None
-        d = int(rng.choice(ok))
-        # the tank's level feeds the DMA's pressures, so tank incidents show there too
-        shows = (*need, "pressure") if kind in ("pump_failure", "tank_overflow") else need
-        sensors = np.flatnonzero((dma_of == d) & np.isin(types, shows))
-        a = Anomaly(label_id, domain, kind, sensors, np.full(sensors.size, t0), t0, t1, severity, target=d)
-        if kind == "leak":
-            a.params["leak_share"] = 0.15 + 0.25 * severity
-        elif kind == "contamination":
-            a.params["turbidity_ntu"] = 3.0 + 6.0 * severity
-            a.params["chlorine_factor"] = 0.45 - 0.3 * severity
-        return a
-
+        return _water_event(dm, kind, t0, t1, severity, rng, label_id)
     if domain == "grid":
-        feeders = dm.extra["feeders"]
-        ss_of = dm.column("substation_index")
-        feeder_of = dm.column("feeder_index")
-        if kind in ("voltage_sag", "voltage_swell"):
-            s = int(rng.integers(0, len(dm.extra["substations"])))
-            sensors = np.flatnonzero(ss_of == s)
-            a = Anomaly(
-                label_id, domain, kind, sensors, np.full(sensors.size, t0), t0, t1, severity, target=s
-            )
-            a.params["factor"] = (
-                (1 - (0.1 + 0.15 * severity)) if kind == "voltage_sag" else 1 + 0.06 + 0.08 * severity
-            )
-            return a
-        if kind == "frequency_excursion":
-            sensors = np.arange(n)
-            a = Anomaly(label_id, domain, kind, sensors, np.full(n, t0), t0, t1, severity)
-            a.params["delta_hz"] = float(rng.choice([-1.0, 1.0])) * (0.2 + 0.4 * severity)
-            return a
-        candidates = [
-            f for f, fd in enumerate(feeders) if len(fd["phases"]) >= (2 if kind == "phase_imbalance" else 1)
-        ]
-        if not candidates:
-            return None
-        f = int(rng.choice(candidates))
-        sensors = np.flatnonzero(feeder_of == f)
-        if kind == "feeder_overload":
-            bus = np.flatnonzero((ss_of == ss_of[sensors[0]]) & (feeder_of < 0))
-            sensors = np.concatenate([sensors, bus])
-        a = Anomaly(label_id, domain, kind, sensors, np.full(sensors.size, t0), t0, t1, severity, target=f)
-        a.params["factor"] = 1.5 + 0.5 * severity
-        return a
+        return _grid_event(dm, kind, t0, t1, severity, rng, label_id)
     raise ValueError(f"unknown anomaly kind {domain}/{kind}")
+
+
+def _water_event(
+    dm: DomainModel, kind: str, t0: int, t1: int, severity: float, rng: np.random.Generator, label_id: str
+) -> Anomaly | None:
+    """A network event of one DMA: every sensor of the types it shows on is affected."""
+    domain = "water"
+    types = np.asarray(dm.attrs["sensor_type"])
+    dma_of = dm.column("dma_index")
+    dmas = dm.extra["dmas"]
+    need = {
+        "leak": ("flow", "pressure"),
+        "pump_failure": ("pump", "level"),
+        "contamination": ("quality",),
+        "tank_overflow": ("pump", "level"),
+    }[kind]
+    ok = [d for d in range(len(dmas)) if all(((dma_of == d) & (types == t)).any() for t in need)]
+    if not ok:
+        return None
+    d = int(rng.choice(ok))
+    # the tank's level feeds the DMA's pressures, so tank incidents show there too
+    shows = (*need, "pressure") if kind in ("pump_failure", "tank_overflow") else need
+    sensors = np.flatnonzero((dma_of == d) & np.isin(types, shows))
+    a = Anomaly(label_id, domain, kind, sensors, np.full(sensors.size, t0), t0, t1, severity, target=d)
+    if kind == "leak":
+        a.params["leak_share"] = 0.15 + 0.25 * severity
+    elif kind == "contamination":
+        a.params["turbidity_ntu"] = 3.0 + 6.0 * severity
+        a.params["chlorine_factor"] = 0.45 - 0.3 * severity
+    return a
+
+
+def _grid_event(
+    dm: DomainModel, kind: str, t0: int, t1: int, severity: float, rng: np.random.Generator, label_id: str
+) -> Anomaly | None:
+    """A grid event of a substation, a feeder or the whole system (frequency)."""
+    domain = "grid"
+    n = len(dm)
+    feeders = dm.extra["feeders"]
+    ss_of = dm.column("substation_index")
+    feeder_of = dm.column("feeder_index")
+    if kind in ("voltage_sag", "voltage_swell"):
+        s = int(rng.integers(0, len(dm.extra["substations"])))
+        sensors = np.flatnonzero(ss_of == s)
+        a = Anomaly(label_id, domain, kind, sensors, np.full(sensors.size, t0), t0, t1, severity, target=s)
+        a.params["factor"] = (
+            (1 - (0.1 + 0.15 * severity)) if kind == "voltage_sag" else 1 + 0.06 + 0.08 * severity
+        )
+        return a
+    if kind == "frequency_excursion":
+        sensors = np.arange(n)
+        a = Anomaly(label_id, domain, kind, sensors, np.full(n, t0), t0, t1, severity)
+        a.params["delta_hz"] = float(rng.choice([-1.0, 1.0])) * (0.2 + 0.4 * severity)
+        return a
+    candidates = [
+        f for f, fd in enumerate(feeders) if len(fd["phases"]) >= (2 if kind == "phase_imbalance" else 1)
+    ]
+    if not candidates:
+        return None
+    f = int(rng.choice(candidates))
+    sensors = np.flatnonzero(feeder_of == f)
+    if kind == "feeder_overload":
+        bus = np.flatnonzero((ss_of == ss_of[sensors[0]]) & (feeder_of < 0))
+        sensors = np.concatenate([sensors, bus])
+    a = Anomaly(label_id, domain, kind, sensors, np.full(sensors.size, t0), t0, t1, severity, target=f)
+    a.params["factor"] = 1.5 + 0.5 * severity
+    return a
 
 
 def _incident(

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from citystream import contracts
+
 _PRIMITIVES = {"string", "long", "int", "double", "boolean", "float"}
 
 
@@ -78,8 +80,6 @@ def flatten_schema(schema: Mapping[str, Any], prefix: str = "") -> list[_Field]:
 
 def load_schema(name: str) -> dict[str, Any]:
     """Standalone schema (named references inlined) as citystream.contracts loads it from avro/."""
-    from citystream import contracts
-
     return contracts.schema(name)
 
 

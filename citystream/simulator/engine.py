@@ -24,19 +24,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from citystream import catalog, contracts
+from citystream.catalog import DOMAIN_NAMES
 from citystream.simulator import anomalies as anomaly_mod
 from citystream.simulator.codec import BulkEncoder, Nullable, Strings
 from citystream.simulator.imperfections import Imperfector, Rates
-from citystream.simulator.model import DOMAINS, City, build_city
+from citystream.simulator.model import City, build_city
 from citystream.simulator.signals import GENERATORS
 
 #: Default simulated start: Monday 2026-01-05 00:00:00 UTC.
 EPOCH_MS = 1_767_571_200_000
-SCHEMAS = {
-    "traffic": "citystream.TrafficReading",
-    "water": "citystream.WaterReading",
-    "grid": "citystream.GridReading",
-}
+#: Avro record of each domain's readings, as the catalog declares them.
+SCHEMAS = {d.name: d.record for d in catalog.DOMAINS}
 LABEL_SCHEMA = "citystream.Label"
 #: Readings per generated block (all domains together).
 BLOCK_READINGS = 20_000
@@ -53,7 +52,7 @@ class SimConfig:
     duration_ms: int = 600_000
     rate_per_min: float = 3.0
     sensors: int = 300
-    domains: tuple[str, ...] = DOMAINS
+    domains: tuple[str, ...] = DOMAIN_NAMES
     speed: float | None = None  # None: as fast as possible; 1.0: real time; N: N times real time
     rates: Rates = field(default_factory=Rates)
     anomalies_per_hour: float = 12.0
@@ -72,7 +71,7 @@ class SimConfig:
         return self.start_ms + self.n_steps * self.dt_ms
 
     def topic(self, domain: str) -> str:
-        return f"{self.topic_prefix}readings.{domain}"
+        return f"{self.topic_prefix}{catalog.domain(domain).topic}"
 
     @property
     def labels_topic(self) -> str:
@@ -255,7 +254,9 @@ class Simulation:
         self.cfg = config
         self.city = city or build_city(config.sensors, config.domains, seed=config.seed)
         imperfect = np.random.default_rng(np.random.SeedSequence([config.seed, _SEED_TAGS["imperfect"]]))
-        self.runs = [_DomainRun(config, self.city, d, imperfect) for d in DOMAINS if d in self.city.domains]
+        self.runs = [
+            _DomainRun(config, self.city, d, imperfect) for d in DOMAIN_NAMES if d in self.city.domains
+        ]
         anomaly_rng = np.random.default_rng(np.random.SeedSequence([config.seed, _SEED_TAGS["anomalies"]]))
         self.anomalies = anomaly_mod.plan(
             self.city,
@@ -424,6 +425,4 @@ class Simulation:
 
 
 def _label_encoder() -> Callable[[dict[str, Any]], bytes]:
-    from citystream import contracts
-
     return functools.partial(contracts.encode, LABEL_SCHEMA)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-DOMAINS = ("traffic", "water", "grid")
+from citystream.catalog import DOMAIN_NAMES
 
 CENTRE_LAT = 38.72
 CENTRE_LON = -9.14
@@ -146,7 +146,7 @@ def split_evenly(total: int, parts: int) -> list[int]:
     return [base + (1 if i < rem else 0) for i in range(parts)]
 
 
-def build_city(sensors: int = 300, domains: tuple[str, ...] = DOMAINS, seed: int = 7) -> City:
+def build_city(sensors: int = 300, domains: tuple[str, ...] = DOMAIN_NAMES, seed: int = 7) -> City:
     """A city with exactly ``sensors`` sensors split evenly over ``domains``."""
     if sensors < len(domains):
         raise ValueError(f"need at least one sensor per domain ({len(domains)}), got {sensors}")
@@ -165,7 +165,7 @@ def build_city(sensors: int = 300, domains: tuple[str, ...] = DOMAINS, seed: int
         )
     counts = dict(zip(domains, split_evenly(sensors, len(domains)), strict=True))
     builders = {"traffic": _build_traffic, "water": _build_water, "grid": _build_grid}
-    built = {d: builders[d](counts[d], zones, rng) for d in DOMAINS if d in domains}
+    built = {d: builders[d](counts[d], zones, rng) for d in DOMAIN_NAMES if d in domains}
     return City(seed=seed, zones=zones, domains=built)
 
 

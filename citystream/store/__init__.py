@@ -1,4 +1,4 @@
-"""The store: ClickHouse for citystream, embedded (chdb) or a real server.
+"""The store: ClickHouse for citystream, embedded (chdb) or a real server; citystream's schema in it.
 
 Why a server process around an embedded engine: only one process may open a
 chdb data directory, yet the loader, the CLI, the tests and Grafana all need
@@ -6,8 +6,8 @@ the data. So one long-lived process (``citystream store serve``) owns the
 directory and speaks ClickHouse's HTTP interface on 127.0.0.1, and everything
 else connects to it with the ordinary ClickHouse clients - exactly as it
 would to a ClickHouse server given by URL, which is the deployment option.
-
-Modules (each states its contract in its header):
+That server is :mod:`citystream.chserver`, a self-contained package; this
+package holds what is citystream's:
 
 * :mod:`citystream.store.client` - ``connect(settings, readonly=False)``: the
   clickhouse-connect client every other component uses.
@@ -16,18 +16,17 @@ Modules (each states its contract in its header):
 * :mod:`citystream.store.rollups` - ``seal(client)``: turns hours of
   window_aggregates that got windows into the rollup rows dashboards read
   (migration 0005); the loader runs it between its inserts.
-* :mod:`citystream.store.server` - the HTTP server (``StoreServer``, ``serve``).
-* :mod:`citystream.store.engine` - the chdb engine, its connections and sessions.
-* :mod:`citystream.store.wire` - compressed blocks, CityHash128, Native re-framing.
-* :mod:`citystream.store.sqltext` - statement classification and splitting.
-* :mod:`citystream.store.errors` - ClickHouse error codes and HTTP statuses.
-* :mod:`citystream.store.cli` - ``citystream store serve | migrate | seal | status``
-  and ``citystream load``.
+* :mod:`citystream.store.serving` - citystream's settings mapped onto the
+  chserver configuration; ``serve`` (``citystream store serve``).
+* :mod:`citystream.store.admin` - sealing everything, and the status report.
+* :mod:`citystream.store.query` - one statement, printed (``citystream query``).
 
-The loader (connectors/loader.py) runs inside the store process
-(``store serve --loader``, as the stack starts it) and writes through the
-store's own HTTP interface, so it is the same code that ``citystream load``
-runs against a real ClickHouse server.
+The command lines are citystream/cli/store.py and citystream/cli/query.py.
+The loader (citystream.connectors.loader) depends on this package, never the
+reverse; ``store serve --loader`` runs it beside the server as a chserver
+companion (connectors/loader/background.py), writing through the server's own
+HTTP interface, so it is the same code that ``citystream load`` runs against
+a real ClickHouse server.
 
 Nothing here is imported eagerly: ``import citystream.store`` stays cheap.
 """

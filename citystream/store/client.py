@@ -14,8 +14,12 @@ one-line :class:`~citystream.errors.UserError`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from citystream.errors import UserError
 from citystream.settings import Settings
@@ -41,9 +45,6 @@ def connect(
     server default (the migrator, which creates the database itself).
     ``client_kwargs`` go to ``clickhouse_connect.get_client`` (e.g. ``settings``).
     """
-    import clickhouse_connect
-    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
-
     url = urlsplit(settings.clickhouse_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise UserError(
@@ -107,8 +108,6 @@ def _reason(exc: BaseException) -> str:
 
 def error_message(exc: BaseException) -> str:
     """The ClickHouse part of a clickhouse-connect error, on one line (``Code: N. DB::Exception: ...``)."""
-    import re
-
     text = str(exc)
     match = re.search(r"Code: \d+\. DB::Exception: .*", text, re.S)
     if match:

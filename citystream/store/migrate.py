@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from citystream.chserver.sqltext import canonical, split_statements
 from citystream.errors import UserError
 from citystream.settings import ROOT, Settings
-from citystream.store.sqltext import canonical, split_statements
+from citystream.store.client import connect
 
 MIGRATIONS_DIR = ROOT / "infra" / "clickhouse" / "migrations"
 TABLE = "schema_migrations"
@@ -200,8 +201,6 @@ def migrate(
 
     Quiet by default because the stack and the tests call it; the CLI passes ``print``.
     """
-    from citystream.store.client import connect
-
     client = connect(settings, database=None)
     try:
         return migrate_client(client, settings.clickhouse_database, target=target, echo=echo)

@@ -23,7 +23,7 @@ Contract of :func:`seal`, one *pass*:
 5. write daily rows for days whose hours are all clean and whose daily rows
    do not match the hours' latest seal, then record the day.
 
-The loader calls it between its own inserts (connectors/loader.py);
+The loader calls it between its own inserts (connectors/loader/upkeep.py);
 ``citystream store seal`` runs it by hand. It only uses an ordinary
 ClickHouse client, like the rest of the store's users.
 """
@@ -190,6 +190,13 @@ def _seal_hours(client: Any, hours: Sequence[str], now: str) -> None:
     )
     for grain in GRAINS[1:]:
         _fleet_coarser(client, grain, f"grain = 60 AND {mine}", version)
+    _seal_lag(client, span, f"{raw_hour} IN {listed}", mine, version)
+    values = ", ".join(f"('{h}', toDateTime64(0, 6, 'UTC'), {version})" for h in hours)
+    client.command(f"INSERT INTO window_aggregates_hours (hour, marked_at, sealed_at) VALUES {values}")
+
+
+def _seal_lag(client: Any, span: str, in_hours: str, mine: str, version: str) -> None:
+    """The sealed hours' load-lag histograms (window end to first load), at every grain."""
     # Load lag: every window (hopping and zone windows too), the first load of each. Grouped by a
     # 64-bit hash of the key columns: ~3x cheaper than the LowCardinality strings themselves, and a
     # collision among a few thousand keys (~1e-12) would only merge two windows' first loads.
@@ -203,7 +210,7 @@ def _seal_hours(client: Any, hours: Sequence[str], now: str) -> None:
             SELECT any(domain) AS d, window_start,
                    dateDiff('millisecond', any(window_end), min(loaded_at)) AS lag_ms
             FROM window_aggregates
-            WHERE window_start {span} AND {raw_hour} IN {listed}
+            WHERE window_start {span} AND {in_hours}
             GROUP BY cityHash64(domain, key_kind, key_id, metric), window_start, window_end
         )
         GROUP BY d, bucket
@@ -220,8 +227,6 @@ def _seal_hours(client: Any, hours: Sequence[str], now: str) -> None:
             GROUP BY domain, bucket
             """
         )
-    values = ", ".join(f"('{h}', toDateTime64(0, 6, 'UTC'), {version})" for h in hours)
-    client.command(f"INSERT INTO window_aggregates_hours (hour, marked_at, sealed_at) VALUES {values}")
 
 
 _FLEET = {

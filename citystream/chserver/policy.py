@@ -1,0 +1,372 @@
+"""Which statements a user may run, decided on ClickHouse's own parse of the text.
+
+Why the engine's parser and not ours: a hand-written lexer disagrees with the
+engine on corner cases (dollar-quoted strings, nested comments, text that ends
+inside a literal), and each disagreement is a statement that is checked as one
+thing and runs as another. Here the engine does all the reading:
+
+1. ``SELECT formatQuerySingleLine({q:String})`` - the text travels as a query
+   *parameter* (never spliced), the engine parses exactly one statement (it
+   refuses multi-statements and unclosed comments) and prints it canonically.
+2. ``EXPLAIN AST <canonical>`` - only ever on that single canonical statement
+   (on raw text chdb would run a second statement after ``;``); its node tree
+   is what :func:`check` judges.
+3. The canonical text is what then runs, so what was checked is what runs.
+
+Contract: :func:`check` is an allow-list. Anything it cannot positively
+classify is refused with a ClickHouse error (READONLY for the read-only user,
+ACCESS_DENIED otherwise, INTO_OUTFILE_NOT_ALLOWED for ``INTO OUTFILE``).
+
+* Read-only users: one SELECT / WITH / SHOW / DESCRIBE / EXISTS / SHOW CREATE
+  over their databases and :data:`SYSTEM_TABLES`; no table function beyond
+  :data:`VIEWER_TABLE_FUNCTIONS`; no file/url/dictionary functions; no
+  SETTINGS clause; no INTO OUTFILE.
+* Read-write users: the statement kinds in :data:`WRITER_KINDS` (what a loader
+  and migrations need); table engines from :data:`ENGINES` only; no
+  file/url/remote/executable table functions or engines, no dictionaries,
+  no ``INSERT INTO FUNCTION``, no INTO OUTFILE.
+
+File/url access is denied for every user by function *name*: every table
+function the engine lists (``system.table_functions``) except the harmless
+generators, plus :data:`SCALAR_DENIED` and the ``dictGet``/``joinGet`` families.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from citystream.chserver.errors import (
+    ACCESS_DENIED,
+    INTO_OUTFILE_NOT_ALLOWED,
+    READONLY,
+    SYNTAX_ERROR,
+    StoreError,
+)
+
+#: Table functions a read-only user may read from: generators, no I/O.
+VIEWER_TABLE_FUNCTIONS = frozenset(
+    {"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries"}
+)
+#: Table functions a read-write user may use in addition (still no I/O).
+WRITER_TABLE_FUNCTIONS = VIEWER_TABLE_FUNCTIONS | frozenset(
+    {"values", "null", "generaterandom", "input", "format"}
+)
+#: Scalar functions that reach files, URLs, dictionaries (which have file/url sources) or request data.
+SCALAR_DENIED = frozenset({"file", "url", "getclienthttpheader", "currentrequesturl", "filesystem"})
+#: Function names (lowercase) that are never table functions, even when the engine lists one so named.
+_NOT_IO = frozenset({"format"})
+_DENIED_PREFIXES = ("dictget", "dicthas", "dictisin", "joinget")
+
+#: ``system`` tables a read-only user may read: metadata only (no query texts, no paths, no logs).
+SYSTEM_TABLES = frozenset(
+    {
+        "one",
+        "numbers",
+        "numbers_mt",
+        "zeros",
+        "tables",
+        "columns",
+        "databases",
+        "parts",
+        "settings",
+        "functions",
+        "table_functions",
+        "formats",
+        "data_type_families",
+        "time_zones",
+        "table_engines",
+        "aggregate_function_combinators",
+        "collations",
+        "build_options",
+    }
+)
+
+VIEWER_KINDS = frozenset(
+    {
+        "SelectWithUnionQuery",
+        "ShowTables",
+        "DescribeQuery",
+        "ExistsTableQuery",
+        "ExistsDatabaseQuery",
+        "ShowCreateTableQuery",
+    }
+)
+WRITER_KINDS = VIEWER_KINDS | frozenset(
+    {
+        "InsertQuery",
+        "CreateQuery",
+        "AlterQuery",
+        "DropQuery",
+        "RenameQuery",
+        "Set",
+        "UseQuery",
+        "OptimizeQuery",
+        "KillQueryQuery",
+        "ShowColumns",
+        "ShowProcesslist",
+        "DeleteQuery",
+        "UpdateQuery",
+    }
+)
+#: Node kinds a read-only user's statement may contain (first word of an EXPLAIN AST line).
+VIEWER_NODES = VIEWER_KINDS | frozenset(
+    {
+        "ExpressionList",
+        "SelectQuery",
+        "Literal",
+        "Identifier",
+        "Function",
+        "Asterisk",
+        "QualifiedAsterisk",
+        "ColumnsRegexpMatcher",
+        "ColumnsListMatcher",
+        "QualifiedColumnsRegexpMatcher",
+        "QualifiedColumnsListMatcher",
+        "ColumnsTransformerList",
+        "ColumnsExceptTransformer",
+        "ColumnsReplaceTransformer",
+        "ColumnsApplyTransformer",
+        "TablesInSelectQuery",
+        "TablesInSelectQueryElement",
+        "TableExpression",
+        "TableIdentifier",
+        "TableJoin",
+        "ArrayJoin",
+        "Subquery",
+        "WithElement",
+        "OrderByElement",
+        "SampleRatio",
+        "WindowDefinition",
+        "WindowListElement",
+        "InterpolateElement",
+        "QueryParameter",
+        "DataType",
+        "NameTypePair",
+    }
+)
+#: Table engines a read-write user may create (local storage only).
+ENGINES = frozenset(
+    {
+        "mergetree",
+        "replacingmergetree",
+        "summingmergetree",
+        "aggregatingmergetree",
+        "collapsingmergetree",
+        "versionedcollapsingmergetree",
+        "coalescingmergetree",
+        "graphitemergetree",
+        "memory",
+        "log",
+        "tinylog",
+        "stripelog",
+        "null",
+        "set",
+        "join",
+        "buffer",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One EXPLAIN AST line: ``kind`` (first word), ``name`` (second word, if any), children."""
+
+    kind: str
+    name: str = ""
+    children: list[Node] = field(default_factory=list)
+
+    def walk(self) -> Iterator[tuple[Node, Node | None]]:
+        """Every node with its parent, depth first."""
+        stack: list[tuple[Node, Node | None]] = [(self, None)]
+        while stack:
+            node, parent = stack.pop()
+            yield node, parent
+            stack.extend((child, node) for child in reversed(node.children))
+
+
+@dataclass(frozen=True)
+class Who:
+    """The parts of a user the policy needs."""
+
+    name: str
+    readonly: bool
+    #: Databases a read-only user may read (``None``: any), and the current database.
+    databases: frozenset[str] | None = None
+    current_database: str = "default"
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A statement the policy accepted: its canonical text and its top node kind."""
+
+    text: str
+    kind: str
+    tree: Node
+
+
+def escape_param(text: str) -> str:
+    """Escape text for a ``{q:String}`` parameter (parameters are read with TSV escaping)."""
+    return (
+        text.replace("\\", "\\\\")
+        .replace("\n", "\\n")
+        .replace("\t", "\\t")
+        .replace("\r", "\\r")
+        .replace("\0", "\\0")
+        .replace("\b", "\\b")
+        .replace("\f", "\\f")
+    )
+
+
+def canonicalize(conn: Any, text: str) -> str:
+    """The engine's single-line form of ``text``; fails unless it is exactly one statement."""
+    result = conn.query(
+        "SELECT formatQuerySingleLine({q:String})", "TabSeparatedRaw", params={"q": escape_param(text)}
+    )
+    canonical = result.bytes().decode("utf-8").removesuffix("\n")
+    if not canonical.strip() or any(c in canonical for c in "\r\n\0"):
+        # A newline survives formatting only inside a quoted identifier: no legitimate
+        # statement needs one, and it could forge lines of the EXPLAIN AST tree.
+        raise StoreError(SYNTAX_ERROR, "Identifiers with line breaks are not allowed by this server")
+    return canonical
+
+
+def parse_tree(text: str) -> Node:
+    """Rebuild the node tree from EXPLAIN AST's indented lines (one space per level)."""
+    root: Node | None = None
+    stack: list[Node] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip(" "))
+        words = line.split()
+        node = Node(words[0], words[1] if len(words) > 1 and not words[1].startswith("(") else "")
+        if depth == 0:
+            if root is not None:
+                raise StoreError(SYNTAX_ERROR, "The statement parsed into more than one tree")
+            root = node
+            stack = [node]
+            continue
+        if root is None or depth > len(stack):
+            raise StoreError(SYNTAX_ERROR, "Malformed statement tree")
+        del stack[depth:]
+        stack[-1].children.append(node)
+        stack.append(node)
+    if root is None:
+        raise StoreError(SYNTAX_ERROR, "Empty query")
+    return root
+
+
+def table_functions(conn: Any) -> frozenset[str]:
+    """Names (lowercase) of the engine's table functions: all of them can be I/O."""
+    names = conn.query("SELECT name FROM system.table_functions", "TabSeparatedRaw").bytes().decode()
+    return frozenset(name.lower() for name in names.split())
+
+
+def inspect(conn: Any, text: str, binds: Mapping[str, str]) -> tuple[str, Node]:
+    """Canonical text and AST of one statement, both produced by the engine."""
+    canonical = canonicalize(conn, text)
+    tree = (
+        conn.query("EXPLAIN AST " + canonical, "TabSeparatedRaw", params=dict(binds)).bytes().decode("utf-8")
+    )
+    return canonical, parse_tree(tree)
+
+
+class Policy:
+    """The allow-list; ``io_functions`` are the engine's table-function names (see :func:`table_functions`)."""
+
+    def __init__(self, io_functions: frozenset[str]) -> None:
+        self.denied = (io_functions - _NOT_IO) | SCALAR_DENIED
+
+    def check(self, who: Who, canonical: str, tree: Node) -> Checked:
+        refuse = _refuser(who)
+        allowed = VIEWER_KINDS if who.readonly else WRITER_KINDS
+        if tree.kind not in allowed:
+            if who.readonly and tree.kind == "KillQueryQuery":
+                raise StoreError(
+                    ACCESS_DENIED,
+                    f"{who.name}: Not enough privileges. To execute this query, "
+                    "it's necessary to have the grant KILL QUERY ON *.*",
+                )
+            raise refuse(f"{_describe(tree.kind)} statements are not allowed for user {who.name}")
+        if tree.kind == "SelectWithUnionQuery":
+            self._check_tail(who, tree)
+        for node, parent in tree.walk():
+            self._check_node(who, node, parent)
+        return Checked(canonical, tree.kind, tree)
+
+    def _check_tail(self, who: Who, tree: Node) -> None:
+        """After the query itself: FORMAT (an Identifier), SETTINGS (Set), INTO OUTFILE (Literals)."""
+        for extra in tree.children[1:]:
+            if extra.kind == "Literal":
+                raise StoreError(INTO_OUTFILE_NOT_ALLOWED, "INTO OUTFILE is not allowed")
+            if extra.kind not in ("Identifier", "Set"):
+                raise _refuser(who)(f"Unexpected {extra.kind} clause")
+
+    def _check_node(self, who: Who, node: Node, parent: Node | None) -> None:
+        refuse = _refuser(who)
+        if who.readonly and node.kind not in VIEWER_NODES and node.kind != "Set":
+            raise refuse(f"{_describe(node.kind)} is not allowed for user {who.name}")
+        if node.kind == "Set" and who.readonly:
+            raise StoreError(READONLY, f"{who.name}: Cannot modify settings in readonly mode")
+        if node.kind in ("Dictionary", "FunctionWithKeyValueArguments"):
+            raise refuse("Dictionaries are not allowed by this server")
+        if node.kind == "Function":
+            self._check_function(who, node, parent)
+        elif node.kind == "TableIdentifier" and who.readonly:
+            self._check_table(who, node.name)
+        elif node.kind in ("ShowTables", "ExistsTableQuery", "ShowCreateTableQuery", "ExistsDatabaseQuery"):
+            if who.readonly and node.children and node.children[0].kind == "Identifier":
+                if node.kind == "ExistsTableQuery" or node.kind == "ShowCreateTableQuery":
+                    if len(node.children) == 2:
+                        self._check_table(who, f"{node.children[0].name}.{node.children[1].name}")
+                    else:
+                        self._check_table(who, node.children[0].name)
+                else:
+                    self._check_database(who, node.children[0].name)
+
+    def _check_function(self, who: Who, node: Node, parent: Node | None) -> None:
+        refuse = _refuser(who)
+        name = node.name.lower()
+        if parent is not None and parent.kind == "TableExpression":
+            allowed = VIEWER_TABLE_FUNCTIONS if who.readonly else WRITER_TABLE_FUNCTIONS
+            if name not in allowed:
+                raise refuse(f"Table function {node.name} is not allowed for user {who.name}")
+            return
+        if parent is not None and parent.kind == "Storage" and node is parent.children[0]:
+            if name not in ENGINES:
+                raise refuse(f"Table engine {node.name} is not allowed by this server")
+            return
+        if parent is not None and parent.kind == "InsertQuery":
+            raise refuse("INSERT INTO FUNCTION is not allowed by this server")
+        if name in self.denied or name.startswith(_DENIED_PREFIXES):
+            raise refuse(f"Function {node.name} is not allowed by this server")
+
+    def _check_table(self, who: Who, qualified: str) -> None:
+        parts = qualified.split(".")
+        if len(parts) > 2 or "`" in qualified or not all(parts):
+            raise StoreError(READONLY, f"{who.name}: table name {qualified!r} is not allowed")
+        database, table = parts if len(parts) == 2 else (who.current_database, parts[0])
+        if database.lower() == "system":
+            if table.lower() not in SYSTEM_TABLES:
+                raise StoreError(ACCESS_DENIED, f"{who.name}: Not enough privileges to read system.{table}")
+            return
+        self._check_database(who, database)
+
+    def _check_database(self, who: Who, database: str) -> None:
+        if who.databases is not None and database not in who.databases and database.lower() != "system":
+            raise StoreError(ACCESS_DENIED, f"{who.name}: Not enough privileges to read database {database}")
+
+
+def _refuser(who: Who):  # type: ignore[no-untyped-def]
+    code = READONLY if who.readonly else ACCESS_DENIED
+
+    def refuse(message: str) -> StoreError:
+        return StoreError(code, f"{who.name}: {message}")
+
+    return refuse
+
+
+def _describe(kind: str) -> str:
+    return kind.removesuffix("Query") or kind

@@ -1,0 +1,269 @@
+"""One HTTP request as ClickHouse's HTTP interface reads it: body, codings and parameters.
+
+Pure helpers without server state, so the handler and the statement runner
+share one reading of a request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+
+from citystream.chserver import wire
+from citystream.chserver.errors import (
+    BAD_ARGUMENTS,
+    QUERY_IS_TOO_LARGE,
+    SYNTAX_ERROR,
+    UNKNOWN_EXCEPTION,
+    StoreError,
+)
+from citystream.chserver.sqltext import Statement, analyze
+
+CHUNK = 1 << 16
+
+CONTENT_TYPES = {
+    "tabseparated": "text/tab-separated-values; charset=UTF-8",
+    "tsv": "text/tab-separated-values; charset=UTF-8",
+    "csv": "text/csv; charset=UTF-8; header=absent",
+    "csvwithnames": "text/csv; charset=UTF-8; header=present",
+    "native": "application/octet-stream",
+    "rowbinary": "application/octet-stream",
+    "rowbinarywithnamesandtypes": "application/octet-stream",
+    "parquet": "application/octet-stream",
+    "arrow": "application/octet-stream",
+    "arrowstream": "application/octet-stream",
+    "orc": "application/octet-stream",
+    "avro": "application/octet-stream",
+}
+
+
+@dataclass
+class Outcome:
+    body: bytes = b""
+    fmt: str | None = None
+    summary: dict[str, str] = field(default_factory=dict)
+    rows: int = 0
+    kind: str = ""
+    query: str = ""
+
+
+class Body:
+    """The raw request body (Content-Length or chunked), read once; ``drained`` once fully read."""
+
+    def __init__(self, handler: BaseHTTPRequestHandler) -> None:
+        self._h = handler
+        self.drained = False
+        self._gen: Iterator[bytes] | None = None
+
+    def raw(self) -> Iterator[bytes]:
+        if self._gen is None:
+            self._gen = self._read()
+        return self._gen
+
+    def _read(self) -> Iterator[bytes]:
+        headers = self._h.headers
+        rfile = self._h.rfile
+        if "chunked" in headers.get("Transfer-Encoding", "").lower():
+            while True:
+                line = rfile.readline(65537)
+                if not line:
+                    raise StoreError(UNKNOWN_EXCEPTION, "Unexpected end of chunked request body")
+                try:
+                    size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                except ValueError:
+                    raise StoreError(BAD_ARGUMENTS, "Malformed chunk size in request body") from None
+                if size == 0:
+                    while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                remaining = size
+                while remaining:
+                    piece = rfile.read(min(remaining, CHUNK))
+                    if not piece:
+                        raise StoreError(UNKNOWN_EXCEPTION, "Unexpected end of chunked request body")
+                    remaining -= len(piece)
+                    yield piece
+                rfile.readline(3)
+        else:
+            try:
+                remaining = int(headers.get("Content-Length") or 0)
+            except ValueError:
+                raise StoreError(BAD_ARGUMENTS, "Invalid Content-Length") from None
+            while remaining > 0:
+                piece = rfile.read(min(remaining, CHUNK))
+                if not piece:
+                    raise StoreError(UNKNOWN_EXCEPTION, "Unexpected end of request body")
+                remaining -= len(piece)
+                yield piece
+        self.drained = True
+
+    def drain(self, limit: int) -> bool:
+        """Read and drop the rest (up to ``limit`` bytes) so the connection can be reused."""
+        seen = 0
+        try:
+            for piece in self.raw():
+                seen += len(piece)
+                if seen > limit:
+                    return False
+        except Exception:
+            return False
+        return self.drained
+
+
+def decoded(
+    chunks: Iterator[bytes], content_encoding: str, block_framed: bool, limit: int
+) -> Iterator[bytes]:
+    """The body after every decoding, in bounded pieces, failing once more than ``limit`` bytes came out."""
+    if content_encoding and content_encoding.lower() not in ("identity", ""):
+        decoder = wire.content_decoder(content_encoding)
+        chunks = (piece for chunk in chunks for piece in decoder.pieces(chunk))
+    if block_framed:
+        chunks = wire.decompress_blocks(chunks)
+    return _counted(chunks, limit)
+
+
+def _counted(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise StoreError(QUERY_IS_TOO_LARGE, f"Request body is larger than {limit} bytes after decoding")
+        if chunk:
+            yield chunk
+
+
+def parse_accept_encoding(header: str) -> str | None:
+    offered = []
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        name = name.strip().lower()
+        q = 1.0
+        match = re.search(r"q\s*=\s*([0-9.]+)", params)
+        if match:
+            with contextlib.suppress(ValueError):
+                q = float(match.group(1))
+        if name and q > 0:
+            offered.append((q, name))
+    supported = wire.http_encodings()
+    for _, name in sorted(offered, key=lambda item: -item[0]):
+        if name in supported:
+            return name
+        if name == "*":
+            return supported[0]
+    return None
+
+
+def quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def snippet(text: bytes | bytearray, limit: int = 160) -> str:
+    """A log-friendly one-line prefix of a query."""
+    line = " ".join(bytes(text[: limit * 2]).decode("utf-8", errors="replace").split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def content_type(fmt: str) -> str:
+    lowered = fmt.lower()
+    if lowered in CONTENT_TYPES:
+        return CONTENT_TYPES[lowered]
+    if lowered.startswith("json"):
+        return "application/json; charset=UTF-8"
+    return "text/plain; charset=UTF-8"
+
+
+def readonly_level(user_level: int, requested: str | None, method: str) -> int:
+    levels = {user_level}
+    if requested:
+        try:
+            levels.add(int(requested))
+        except ValueError:
+            raise StoreError(BAD_ARGUMENTS, f"Invalid readonly value {requested!r}") from None
+    if method == "GET":
+        levels.add(2)
+    if 1 in levels:
+        return 1
+    return 2 if 2 in levels else 0
+
+
+def int_param(params: Mapping[str, str], name: str) -> int:
+    try:
+        return int(params.get(name) or 0)
+    except ValueError:
+        raise StoreError(BAD_ARGUMENTS, f"Invalid {name} value {params.get(name)!r}") from None
+
+
+@dataclass
+class Request:
+    """A request's statement, read in full (or, for an INSERT with data, up to where the data starts)."""
+
+    head: bytearray
+    stmt: Statement
+    #: What the statement policy checks: the whole text, or an INSERT's head with its FORMAT.
+    checked_text: str
+    #: For an INSERT with data: the statement without FORMAT, as the engine's inserter wants it.
+    insert_head: str = ""
+
+    @property
+    def query(self) -> str:
+        return snippet(self.head[: self.stmt.head_end] if self.stmt.has_insert_data else self.head)
+
+
+def read_statement(params: Mapping[str, str], chunks: Iterator[bytes], limit: int) -> Request:
+    """The statement of a request: URL ``query`` + body, at most ``limit`` bytes of text.
+
+    Why bounded here: the text is parsed by the engine (and its head by
+    :func:`~citystream.chserver.sqltext.analyze` to find where INSERT data starts),
+    so it must never grow with what a client chooses to send.
+    """
+    url_query = params.get("query")
+    head = bytearray(url_query.encode() if url_query is not None else b"")
+    first = next(chunks, None)
+    if first is not None and url_query is not None:
+        head += b"\n"
+    head += first or b""
+    exhausted = first is None
+    _bound(head, limit)
+    stmt = analyze(head.decode("latin-1"))
+    # An INSERT's head may span several body chunks; anything else is read in full below.
+    while stmt.kind in ("", "INSERT") and not (stmt.kind == "INSERT" and stmt.complete) and not exhausted:
+        more = next(chunks, None)
+        if more is None:
+            exhausted = True
+            break
+        head += more
+        _bound(head, limit)
+        stmt = analyze(head.decode("latin-1"))
+    if stmt.kind == "INSERT" and not stmt.complete and exhausted:
+        closed = analyze(head.decode("latin-1") + "\n")
+        if closed.has_insert_data:
+            stmt = closed
+    if stmt.kind == "INSERT" and stmt.has_insert_data and stmt.format:
+        insert_head = _utf8(bytes(head[: stmt.head_end])).rstrip()
+        return Request(head, stmt, f"{insert_head} FORMAT {stmt.format}", insert_head)
+    for more in chunks:
+        head += more
+        _bound(head, limit)
+    text = _utf8(bytes(head))
+    if not text.strip():
+        raise StoreError(SYNTAX_ERROR, "Empty query")
+    return Request(head, Statement(kind=stmt.kind), text)
+
+
+def _bound(head: bytearray, limit: int) -> None:
+    if len(head) > limit:
+        raise StoreError(QUERY_IS_TOO_LARGE, f"Query is too large: more than {limit} bytes")
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StoreError(SYNTAX_ERROR, "The query text is not valid UTF-8") from None

@@ -1,0 +1,501 @@
+"""The store process: ClickHouse's HTTP interface in front of the embedded chdb engine.
+
+Contract (what clients may rely on; all of it is what a ClickHouse server does):
+
+* Listens on 127.0.0.1 only and answers only requests whose ``Host`` is a
+  loopback name (127.0.0.1, localhost, [::1], optionally with the port) and
+  that carry no browser ``Origin`` unless it is configured (DNS rebinding,
+  cross-site POST). ``GET /ping`` (and ``GET /`` without a query) answer
+  ``Ok.``; everything else goes to ``/``.
+* The query comes from the ``query`` URL parameter and/or the POST body
+  (``query + "\\n" + body``), or a ``multipart/form-data`` ``query`` field,
+  at most ``max_query_bytes`` of text after decoding. ``INSERT ... FORMAT f`` /
+  ``INSERT ... VALUES`` stream the rest of the body (at most
+  ``max_insert_bytes`` decoded) into the table; Values data holds literals only.
+* Every statement is judged by :mod:`~citystream.chserver.policy` on the
+  engine's own parse, and the engine's canonical text of it is what runs:
+  exactly one statement, no ``INTO OUTFILE``, no file/url functions, and for
+  the read-only user only reads of its databases.
+* URL parameters: ``database``, ``default_format`` (also ``X-ClickHouse-Format``
+  header), ``query_id``, ``session_id``/``session_timeout``/``session_check``,
+  ``param_<name>`` (``{name:Type}`` placeholders), ``compress``/``decompress``
+  (ClickHouse block framing, LZ4/ZSTD via ``network_compression_method``),
+  ``enable_http_compression`` (+ ``Accept-Encoding``: zstd, lz4, gzip, deflate),
+  ``client_protocol_version`` (Native re-framed for that revision); the other
+  transport-only parameters in :data:`TRANSPORT_PARAMS` are accepted and
+  ignored; other settings pass :mod:`~citystream.chserver.limits` (per-user
+  caps, a read-only user's allow-list); one the engine does not know is
+  skipped with a warning in the log, so clients written for a server work.
+* Request bodies may be sent with ``Content-Encoding`` gzip/deflate/zstd/lz4
+  and chunked transfer encoding; every decoding is bounded before buffering.
+* Users: those of :class:`~citystream.chserver.config.ServerConfig`;
+  credentials by HTTP basic auth, ``X-ClickHouse-User`` / ``X-ClickHouse-Key``
+  headers or ``user``/``password`` parameters. None at all gets 401
+  (REQUIRED_PASSWORD); a wrong user or password 403 with
+  AUTHENTICATION_FAILED (516). The read-only user also runs with
+  ``readonly=1`` applied after its URL settings. GET requests run with
+  ``readonly=2``, like a server.
+* Responses carry ``X-ClickHouse-Query-Id``, ``-Summary``, ``-Timezone``,
+  ``-Server-Display-Name`` and, for result-producing statements, ``-Format``.
+  Errors: the server's HTTP status for the code, ``X-ClickHouse-Exception-Code``
+  and a ``Code: N. DB::Exception: ... (version V)`` body.
+* Results are computed in full before the first byte is sent (as with
+  ``wait_end_of_query=1``), so an error is always a proper HTTP error.
+* SIGTERM/SIGINT: stop accepting, let running requests finish (up to a grace
+  period), close sessions, close the engine (flushes data), exit 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TextIO
+
+from citystream.chserver import wire
+from citystream.chserver.config import ServerConfig, User
+from citystream.chserver.engine import Engine, Session, Sessions, close_quietly
+from citystream.chserver.errors import (
+    ACCESS_DENIED,
+    AUTHENTICATION_FAILED,
+    BAD_ARGUMENTS,
+    QUERY_IS_TOO_LARGE,
+    REQUIRED_PASSWORD,
+    SYNTAX_ERROR,
+    TOO_MANY_SIMULTANEOUS_QUERIES,
+    StartError,
+    StoreError,
+)
+from citystream.chserver.handler import Handler, HTTPServer
+from citystream.chserver.limits import request_settings
+from citystream.chserver.policy import Checked, Policy, Who, inspect
+from citystream.chserver.request import (
+    Body,
+    Outcome,
+    Request,
+    int_param,
+    quote,
+    read_statement,
+    readonly_level,
+    truthy,
+)
+from citystream.chserver.sqltext import RESULT_KINDS, analyze
+
+log = logging.getLogger("citystream.chserver")
+
+#: URL parameters that steer the HTTP layer and never reach the engine as settings.
+TRANSPORT_PARAMS = frozenset(
+    {
+        "query",
+        "database",
+        "default_format",
+        "user",
+        "password",
+        "quota_key",
+        "query_id",
+        "session_id",
+        "session_timeout",
+        "session_check",
+        "compress",
+        "decompress",
+        "buffer_size",
+        "wait_end_of_query",
+        "http_wait_end_of_query",
+        "client_protocol_version",
+        "role",
+        "send_progress_in_http_headers",
+        "http_headers_progress_interval_ms",
+        "enable_http_compression",
+        "http_zlib_compression_level",
+        "network_compression_method",
+        "network_zstd_compression_level",
+        "http_native_compression_disable_checksumming_on_decompress",
+        "http_response_buffer_size",
+        "add_http_cors_header",
+        "stacktrace",
+        "readonly",  # applied last, see _readonly_level
+    }
+)
+
+_SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Server:
+    """HTTP front-end + engine. ``start()`` serves in a thread; ``stop()`` shuts down cleanly."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._users = {u.name: u for u in config.users}
+        self._slots = threading.BoundedSemaphore(config.max_concurrent_queries)
+        self._active = 0
+        self._active_cv = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._ignored: set[str] = set()
+        # Bind first: a taken port should fail fast, before the engine spends time starting.
+        try:
+            self.httpd = HTTPServer((config.host, config.port), Handler, self)
+        except OSError as exc:
+            raise StartError(
+                f"port {config.port} on {config.host} is not available ({exc.strerror})", "port"
+            ) from None
+        try:
+            self.engine = Engine(config.data_dir)
+        except BaseException:
+            self.httpd.server_close()
+            raise
+        self.sessions = Sessions(self.engine, config.session_timeout_s, config.max_session_timeout_s)
+        self.policy = Policy(self.engine.table_functions)
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="store-http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting, wait for running requests, then close sessions and the engine."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._thread is not None and self._thread.is_alive():
+            self.httpd.shutdown()
+        self.httpd.server_close()
+        deadline = time.monotonic() + self.config.shutdown_grace_s
+        with self._active_cv:
+            while self._active and time.monotonic() < deadline:
+                self._active_cv.wait(0.2)
+            if self._active:
+                log.warning("%d request(s) still running after the grace period", self._active)
+        self.sessions.close_all()
+        self.engine.close()
+        log.info("engine closed, data flushed")
+
+    # ----------------------------------------------------------------- request handling
+
+    def begin(self) -> None:
+        with self._active_cv:
+            if self._closing:
+                raise StoreError(TOO_MANY_SIMULTANEOUS_QUERIES, "The store is shutting down")
+            self._active += 1
+
+    def end(self) -> None:
+        with self._active_cv:
+            self._active -= 1
+            self._active_cv.notify_all()
+
+    def authenticate(self, headers: Mapping[str, str], params: Mapping[str, str]) -> User:
+        """The configured user the request names; no credentials at all is refused (401)."""
+        name: str | None = headers.get("X-ClickHouse-User")
+        password = headers.get("X-ClickHouse-Key", "")
+        auth = headers.get("Authorization", "")
+        if name is None and auth[:6].lower() == "basic ":
+            try:
+                name, _, password = base64.b64decode(auth[6:].strip(), validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise StoreError(AUTHENTICATION_FAILED, "Malformed basic authorization header") from None
+        if name is None and "user" in params:
+            name, password = params["user"], params.get("password", "")
+        if name is None:
+            raise StoreError(REQUIRED_PASSWORD, "Authentication required: send a user name and password")
+        user = self._users.get(name)
+        if user is None or not hmac.compare_digest(user.password.encode(), password.encode()):
+            shown = name if name.isprintable() and len(name) <= 64 else "(invalid name)"
+            raise StoreError(
+                AUTHENTICATION_FAILED,
+                f"{shown}: Authentication failed: password is incorrect, or there is no user with such name.",
+            )
+        return user
+
+    def execute(
+        self,
+        user: User,
+        method: str,
+        params: dict[str, str],
+        headers: Mapping[str, str],
+        body: Body,
+        chunks: Iterator[bytes],
+    ) -> Outcome:
+        """Read the request's statement in full (bounded), then run it in a query slot."""
+        request = read_statement(params, chunks, self.config.max_query_bytes)
+        if not self._slots.acquire(timeout=self.config.queue_timeout_s):
+            raise StoreError(
+                TOO_MANY_SIMULTANEOUS_QUERIES,
+                f"Too many simultaneous queries. Maximum: {self.config.max_concurrent_queries}",
+            )
+        session: Session | None = None
+        conn: Any = None
+        try:
+            checked = self._check(user, params, headers, request)
+            session_id = params.get("session_id")
+            if session_id:
+                session = self.sessions.acquire(
+                    user.name, session_id, params.get("session_timeout"), truthy(params.get("session_check"))
+                )
+                conn = session.conn
+            else:
+                conn = self.engine.connect()
+            self._prepare(conn, user, method, params, headers, session)
+            if request.stmt.kind == "INSERT" and request.stmt.has_insert_data:
+                return self._insert(conn, params, request, chunks)
+            return self._run(conn, params, headers, request, checked)
+        except StoreError as err:
+            err.query = request.query  # type: ignore[attr-defined]
+            message = str(err)
+            if user.name != "default" and message.startswith("default: "):
+                # The engine knows a single user; name the one who asked.
+                renamed = StoreError(err.code, f"{user.name}: {message[9:]}")
+                renamed.query = err.query  # type: ignore[attr-defined]
+                raise renamed from err
+            raise
+        finally:
+            if session is not None:
+                self.sessions.release(session)
+            elif conn is not None:
+                close_quietly(conn)
+            self._slots.release()
+
+    def _check(
+        self, user: User, params: Mapping[str, str], headers: Mapping[str, str], request: Request
+    ) -> Checked:
+        """The statement policy's verdict, on a fresh connection (session settings cannot sway the parse)."""
+        database = params.get("database") or headers.get("X-ClickHouse-Database")
+        if user.databases is not None:
+            if database and database not in user.databases:
+                raise StoreError(
+                    ACCESS_DENIED, f"{user.name}: Not enough privileges to use database {database}"
+                )
+            database = database or (user.databases[0] if user.databases else None)
+        who = Who(
+            user.name,
+            bool(user.readonly),
+            frozenset(user.databases) if user.databases is not None else None,
+            database or "default",
+        )
+        binds = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
+        conn = self.engine.connect()
+        try:
+            canonical, tree = _engine_call(inspect, conn, request.checked_text, binds)
+        finally:
+            close_quietly(conn)
+        checked = self.policy.check(who, canonical, tree)
+        if request.stmt.has_insert_data and (
+            tree.kind != "InsertQuery" or any(c.kind == "SelectWithUnionQuery" for c in tree.children)
+        ):
+            raise StoreError(SYNTAX_ERROR, "An INSERT with data must name only its table and columns")
+        return checked
+
+    def _prepare(
+        self,
+        conn: Any,
+        user: User,
+        method: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        session: Session | None,
+    ) -> None:
+        database = params.get("database") or headers.get("X-ClickHouse-Database")
+        if database:
+            _engine_call(conn.query, f"USE `{database.replace('`', '``')}`", "TabSeparated")
+        elif user.databases and (session is None or not session.applied):
+            # A read-only user's unqualified names resolve in its own database (once it exists).
+            with contextlib.suppress(StoreError):
+                _engine_call(conn.query, f"USE `{user.databases[0].replace('`', '``')}`", "TabSeparated")
+        requested = []
+        for name, value in params.items():
+            if name in TRANSPORT_PARAMS or name.startswith("param_"):
+                continue
+            if not _SETTING_NAME.match(name):
+                raise StoreError(BAD_ARGUMENTS, "Invalid setting name in the URL")
+            if name not in self.engine.settings and name not in self._ignored:
+                # A setting only a ClickHouse server has (or a typo): a client written for a
+                # server must keep working, so it is skipped, and reported once.
+                self._ignored.add(name)
+                log.warning("ignoring setting %r unknown to the embedded engine", name)
+            requested.append((name, value))
+        settings = request_settings(user, requested, self.engine.settings)
+        if session is not None:
+            settings = {k: v for k, v in settings.items() if session.applied.get(k) != v}
+        if settings:
+            clause = ", ".join(f"{k} = {quote(v)}" for k, v in settings.items())
+            _engine_call(conn.query, f"SET {clause}", "TabSeparated")
+            if session is not None:
+                session.applied.update(settings)
+        level = readonly_level(user.readonly, params.get("readonly"), method)
+        if level and (session is None or session.readonly != level):
+            _engine_call(conn.query, f"SET readonly = {level}", "TabSeparated")
+            if session is not None:
+                session.readonly = level
+
+    def _run(
+        self,
+        conn: Any,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        request: Request,
+        checked: Checked,
+    ) -> Outcome:
+        """Run the canonical statement the policy accepted (never the raw text)."""
+        stmt = analyze(checked.text)
+        default_fmt = params.get("default_format") or headers.get("X-ClickHouse-Format") or "TabSeparated"
+        bind = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
+        result = _engine_call(conn.query, checked.text, default_fmt, params=bind)
+        body = result.bytes() or b""
+        out_fmt = stmt.format or default_fmt
+        produces = stmt.kind in RESULT_KINDS or stmt.format is not None or bool(body)
+        revision = int_param(params, "client_protocol_version")
+        if produces and out_fmt.lower() == "native" and revision > 0:
+            body = wire.upgrade_native(body, revision)
+        summary = _summary(result)
+        return Outcome(
+            body=body,
+            fmt=out_fmt if produces else None,
+            summary=summary,
+            rows=int(summary.get("result_rows", "0") or 0),
+            kind=stmt.kind,
+            query=request.query,
+        )
+
+    def _insert(
+        self, conn: Any, params: Mapping[str, str], request: Request, chunks: Iterator[bytes]
+    ) -> Outcome:
+        stmt = request.stmt
+        assert stmt.data_start is not None and stmt.format
+        binds = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
+        if binds:
+            clause = ", ".join(f"param_{k} = {quote(v)}" for k, v in binds.items() if _SETTING_NAME.match(k))
+            _engine_call(conn.query, f"SET {clause}", "TabSeparated")
+        if stmt.format.lower() == "values":
+            # Values data is parsed as SQL expressions unless told otherwise: data stays data.
+            _engine_call(conn.query, _LITERAL_VALUES, "TabSeparated")
+        started = time.perf_counter()
+        inserter = _engine_call(conn.send_insert, request.insert_head, stmt.format)
+        limit = self.config.max_insert_bytes
+        try:
+            seen = len(request.head) - stmt.data_start
+            first = bytes(request.head[stmt.data_start :])
+            if first:
+                _engine_call(inserter.append, first)
+            for chunk in chunks:
+                seen += len(chunk)
+                if seen > limit:
+                    raise StoreError(QUERY_IS_TOO_LARGE, f"INSERT data is larger than {limit} bytes")
+                _engine_call(inserter.append, chunk)
+            result = _engine_call(inserter.finish)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                inserter.cancel()
+            raise
+        written = int(result.rows_written)
+        elapsed = getattr(result, "elapsed", None) or (time.perf_counter() - started)
+        summary = {
+            "read_rows": str(written),
+            "read_bytes": str(result.bytes_written),
+            "written_rows": str(written),
+            "written_bytes": str(result.bytes_written),
+            "total_rows_to_read": "0",
+            "result_rows": str(written),
+            "result_bytes": str(result.bytes_written),
+            "elapsed_ns": str(int(float(elapsed) * 1e9)),
+        }
+        return Outcome(summary=summary, rows=written, kind="INSERT", query=request.query)
+
+
+_LITERAL_VALUES = "SET input_format_values_interpret_expressions = 0, input_format_values_deduce_templates_of_expressions = 0"
+
+
+def _engine_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError.from_engine(exc) from exc
+
+
+def _summary(result: Any) -> dict[str, str]:
+    def stat(name: str) -> int:
+        with contextlib.suppress(Exception):
+            return int(getattr(result, name)())
+        return 0
+
+    elapsed = 0.0
+    with contextlib.suppress(Exception):
+        elapsed = float(result.elapsed())
+    return {
+        "read_rows": str(stat("storage_rows_read")),
+        "read_bytes": str(stat("storage_bytes_read")),
+        "written_rows": str(stat("rows_written")),
+        "written_bytes": str(stat("bytes_written")),
+        "total_rows_to_read": str(stat("storage_rows_read")),
+        "result_rows": str(stat("rows_read")),
+        "result_bytes": str(stat("bytes_read")),
+        "elapsed_ns": str(int(elapsed * 1e9)),
+    }
+
+
+# --------------------------------------------------------------------------- foreground entry point
+
+#: Work that runs beside the server in the same process: called with the server's URL and the
+#: stop event once the server listens; returns a function that waits (up to the given seconds)
+#: for that work to end, which :func:`serve` calls after setting the event and before the
+#: server stops, so the work never loses its server while it still runs.
+Companion = Callable[[str, threading.Event], Callable[[float], None]]
+
+
+def serve(config: ServerConfig, ready: TextIO | None = None, companion: Companion | None = None) -> int:
+    """Run the server in the foreground until SIGTERM/SIGINT; the exit code for a command line.
+
+    ``companion``: see :data:`Companion`. On SIGTERM it is stopped first,
+    then the server (running requests finish, the engine flushes its data).
+    """
+    server = Server(config)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    join: Callable[[float], None] | None = None
+    try:
+        server.start()
+        message = (
+            f"{config.banner}: listening on {server.url} (data {server.engine.path}, "
+            f"engine {server.engine.version}, pid {os.getpid()})"
+        )
+        print(message, file=ready or sys.stdout, flush=True)
+        if companion is not None:
+            join = companion(server.url, stop)
+        while not stop.wait(1.0):
+            server.sessions.sweep()
+    finally:
+        stop.set()
+        if join is not None:
+            join(config.shutdown_grace_s)
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1 (bind 0, read it, release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

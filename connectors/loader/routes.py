@@ -1,0 +1,55 @@
+"""Which result topic lands in which table: the one routing table of the loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from citystream import contracts
+from citystream.settings import Settings
+
+#: Result topic (suffix in infra/topics.toml) -> (Avro record, table). The one routing table.
+ROUTES: dict[str, tuple[str, str]] = {
+    "aggregates": ("citystream.WindowAggregate", "window_aggregates"),
+    "anomalies": ("citystream.Anomaly", "anomalies"),
+    "alerts": ("citystream.Alert", "alerts"),
+    "sensor-health": ("citystream.SensorHealth", "sensor_health"),
+    "late-events": ("citystream.LateEvent", "late_events"),
+    "dead-letter": ("citystream.DeadLetter", "dead_letters"),
+    "labels": ("citystream.Label", "labels"),
+}
+DEAD_LETTER = "dead-letter"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which topic lands in which table, decoded with which Avro record."""
+
+    topic: str
+    record: str
+    table: str
+    columns: tuple[str, ...]
+    timestamp_columns: tuple[str, ...] = ()
+
+
+def routes(settings: Settings) -> list[Route]:
+    """The result topics the loader moves, by settings' topic prefix; columns from the Avro schemas."""
+    out = []
+    for suffix, (record, table) in ROUTES.items():
+        fields = contracts.schema(record)["fields"]
+        out.append(
+            Route(
+                topic=settings.topic(suffix),
+                record=record,
+                table=table,
+                columns=tuple(f["name"] for f in fields),
+                timestamp_columns=tuple(f["name"] for f in fields if _is_timestamp(f["type"])),
+            )
+        )
+    return out
+
+
+def _is_timestamp(node: Any) -> bool:
+    if isinstance(node, list):
+        return any(_is_timestamp(b) for b in node)
+    return isinstance(node, dict) and node.get("logicalType") == "timestamp-millis"

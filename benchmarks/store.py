@@ -7,7 +7,7 @@ process it starts stopped by pid at the end:
 
 1. **Loader.** Starts a private Kafka broker and a store process
    (``citystream store serve``), produces ``--load-rows`` WindowAggregate
-   records to the aggregates topic, then runs the loader (connectors/loader.py,
+   records to the aggregates topic, then runs the loader (connectors/loader/,
    ``until_end``, default batches) against the store's HTTP interface: rows/s
    from the first poll to the last commit. Baselines measured in the same run,
    through the same HTTP interface, with the same records as one Avro body

@@ -3,7 +3,7 @@
 Why: decoding every record in Python (fastavro, ~80,000 records/s on one
 core) was the loader's bottleneck, yet ClickHouse decodes Avro itself, in
 C++, when the records arrive as an Avro object container. Kafka values are
-bare Avro records (citystream/contracts.py), and bare records laid end to
+bare Avro records (citystream/contracts/), and bare records laid end to
 end are exactly a container's data block, so the loader only has to prepend
 a header. The risk of doing that blindly: one record written with another
 schema would shift the parse of every record after it, and rows would be

@@ -8,7 +8,7 @@ right now" (late and duplicate data, dead letters, load lag). One module per
 dashboard, one function per panel.
 
 Metric names are the reading fields with their unit (WindowAggregate.metric,
-as jobs/windows.py writes them for the grid). Uids are fixed: links, bookmarks
+as the domain jobs in jobs/ write them). Uids are fixed: links, bookmarks
 and provisioning depend on them.
 """
 

@@ -41,11 +41,12 @@ Why this shape (numbers in benchmarks/jobs.py and the README):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from pyflink.table import StatementSet, Table, TableEnvironment, TableResult
 
+from citystream import kafkaconf
 from citystream.jobs.cli import parse_domain_args
 from citystream.jobs.runtime import detached, table_environment
 from citystream.jobs.sql import avsc, columns, kafka_table
@@ -187,12 +188,14 @@ def raw_kafka_table(
     bounded: bool = False,
     group_id: str | None = None,
     watermark_on_event: bool = False,
+    security: Mapping[str, str] | None = None,
 ) -> str:
     """``CREATE TEMPORARY TABLE`` reading a readings topic as raw bytes (key and value).
 
     ``watermark_on_event`` emits a watermark after every record instead of
     every 200 ms: tests use it so that which reading is late does not depend on
-    timing; production keeps periodic watermarks (cheaper).
+    timing; production keeps periodic watermarks (cheaper). ``security``
+    (:func:`citystream.kafkaconf.flink`) holds a password: never log the DDL.
     """
     options = {
         "connector": "kafka",
@@ -205,6 +208,7 @@ def raw_kafka_table(
         "key.fields": "raw_key",
         "value.format": "raw",
         "value.fields-include": "EXCEPT_KEY",
+        **(security or {}),
     }
     if bounded:
         options["scan.bounded.mode"] = "latest-offset"
@@ -247,75 +251,9 @@ def process(t_env: TableEnvironment, domain: Domain, raw: Table, windows: Window
     _check_window_options(t_env, w)
     p = f"_cs_{domain.name}"
     t_env.create_temporary_view(f"{p}_raw", raw)
-
-    fields = _reading_fields(domain)
-    flat = ",\n    ".join(
-        [f"d.record.envelope.`{c}` AS `{c}`" for c in _ENVELOPE]
-        + [f"d.record.`{c}` AS `{c}`" for c in fields]
-    )
-    # Flatten first, so domain checks are plain SQL over the reading's columns.
-    t_env.create_temporary_view(
-        f"{p}_decoded",
-        t_env.sql_query(f"""
-  SELECT src_topic, src_partition, src_offset, raw_key, raw_value, pt, ts,
-         d.reason AS decode_reason, d.error AS decode_error,
-         CURRENT_WATERMARK(ts) AS wm, {flat}
-  FROM {p}_raw"""),
-    )
-    checks = [("ts IS NOT NULL", "event time outside the plausible range"), *domain.checks]
-    reason = "\n      ".join(f"WHEN ({cond}) IS NOT TRUE THEN 'invalid_value'" for cond, _ in checks)
-    error = "\n      ".join(
-        f"WHEN ({cond}) IS NOT TRUE THEN '{msg.replace(chr(39), chr(39) * 2)}'" for cond, msg in checks
-    )
-    # Earliest window end the reading contributes to: accepted there means accepted everywhere.
-    ts_ms = "EPOCH_MS(ts)"
-    ends = [
-        f"({ts_ms} - MOD({ts_ms}, {s * 1000}) + {s * 1000})"
-        for s in sorted({w.tumble_s, w.hop_slide_s, w.zone_s})
-    ]
-    first_end = ends[0] if len(ends) == 1 else f"LEAST({', '.join(ends)})"
-    lateness_ms = int(w.allowed_lateness_s) * 1000
-    cols = ", ".join([*(f"`{c}`" for c in _ENVELOPE), *(f"`{c}`" for c in fields)])
-    t_env.create_temporary_view(
-        f"{p}_classified",
-        t_env.sql_query(f"""
-  SELECT src_topic, src_partition, src_offset, raw_key, raw_value, pt, ts, wm,
-    CASE WHEN decode_reason IS NOT NULL THEN decode_reason
-      {reason}
-    END AS reason,
-    CASE WHEN decode_reason IS NOT NULL THEN decode_error
-      {error}
-    END AS error,
-    EPOCH_MS(wm) AS wm_ms, {ts_ms} AS ts_ms, {first_end} AS first_end_ms,
-    {cols}
-  FROM {p}_decoded"""),
-    )
-    dead_letters = t_env.sql_query(f"""
-  SELECT src_topic AS source_topic, src_partition AS source_partition, src_offset AS source_offset,
-         raw_key AS original_key, raw_value AS original_value, reason, COALESCE(error, '') AS error,
-         CAST(LOCALTIMESTAMP AS TIMESTAMP(3)) AS received_at
-  FROM {p}_classified WHERE reason IS NOT NULL""")
-    too_late = f"wm_ms IS NOT NULL AND wm_ms >= first_end_ms - 1 + {lateness_ms}"
-    late_events = t_env.sql_query(f"""
-  SELECT src_topic AS source_topic, src_partition AS source_partition, src_offset AS source_offset,
-         sensor_id, CAST(ts AS TIMESTAMP(3)) AS event_time, wm AS `watermark`,
-         wm_ms - ts_ms AS lateness_ms, raw_value AS original
-  FROM {p}_classified WHERE reason IS NULL AND {too_late}""")
-    t_env.create_temporary_view(
-        f"{p}_accepted",
-        t_env.sql_query(f"""
-  SELECT sensor_id, site_id, zone_id, `domain`, ts
-  FROM {p}_classified WHERE reason IS NULL AND NOT ({too_late})"""),
-    )
-    t_env.create_temporary_view(
-        f"{p}_marked",
-        t_env.sql_query(f"""
-  SELECT ts, ts_ms, wm_ms, wm_ms IS NOT NULL AND ts_ms < wm_ms AS is_late, {cols},
-         {domain.zone} AS zone_key,
-         COUNT(*) OVER (PARTITION BY sensor_id, seq ORDER BY pt
-                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS occurrence
-  FROM {p}_classified WHERE reason IS NULL AND NOT ({too_late})"""),
-    )
+    _classify(t_env, domain, w, p)
+    dead_letters, late_events = _rejected(t_env, w, p)
+    _accepted(t_env, domain, w, p)
     sensor_health = t_env.sql_query(f"""
   SELECT sensor_id, site_id, zone_id, `domain`, status, since, details
   FROM SENSOR_SILENCE(
@@ -330,6 +268,100 @@ def process(t_env: TableEnvironment, domain: Domain, raw: Table, windows: Window
     for part in parts[1:]:
         aggregates = aggregates.union_all(part)
     return Outputs(aggregates, late_events, dead_letters, sensor_health)
+
+
+def _classify(t_env: TableEnvironment, domain: Domain, w: Windows, p: str) -> None:
+    """``{p}_raw`` -> ``{p}_classified``: flat columns, the first failed check as ``reason``.
+
+    Flattened first, so the domain's checks are plain SQL over the reading's columns; every
+    reading also learns the earliest window end it contributes to (accepted there means
+    accepted in every window), which decides lateness once for all window kinds.
+    """
+    fields = _reading_fields(domain)
+    flat = ",\n    ".join(
+        [f"d.record.envelope.`{c}` AS `{c}`" for c in _ENVELOPE]
+        + [f"d.record.`{c}` AS `{c}`" for c in fields]
+    )
+    t_env.create_temporary_view(
+        f"{p}_decoded",
+        t_env.sql_query(f"""
+  SELECT src_topic, src_partition, src_offset, raw_key, raw_value, pt, ts,
+         d.reason AS decode_reason, d.error AS decode_error,
+         CURRENT_WATERMARK(ts) AS wm, {flat}
+  FROM {p}_raw"""),
+    )
+    checks = [("ts IS NOT NULL", "event time outside the plausible range"), *domain.checks]
+    reason = "\n      ".join(f"WHEN ({cond}) IS NOT TRUE THEN 'invalid_value'" for cond, _ in checks)
+    error = "\n      ".join(
+        f"WHEN ({cond}) IS NOT TRUE THEN '{msg.replace(chr(39), chr(39) * 2)}'" for cond, msg in checks
+    )
+    ts_ms = "EPOCH_MS(ts)"
+    ends = [
+        f"({ts_ms} - MOD({ts_ms}, {s * 1000}) + {s * 1000})"
+        for s in sorted({w.tumble_s, w.hop_slide_s, w.zone_s})
+    ]
+    first_end = ends[0] if len(ends) == 1 else f"LEAST({', '.join(ends)})"
+    t_env.create_temporary_view(
+        f"{p}_classified",
+        t_env.sql_query(f"""
+  SELECT src_topic, src_partition, src_offset, raw_key, raw_value, pt, ts, wm,
+    CASE WHEN decode_reason IS NOT NULL THEN decode_reason
+      {reason}
+    END AS reason,
+    CASE WHEN decode_reason IS NOT NULL THEN decode_error
+      {error}
+    END AS error,
+    EPOCH_MS(wm) AS wm_ms, {ts_ms} AS ts_ms, {first_end} AS first_end_ms,
+    {_columns(domain)}
+  FROM {p}_decoded"""),
+    )
+
+
+def _columns(domain: Domain) -> str:
+    return ", ".join([*(f"`{c}`" for c in _ENVELOPE), *(f"`{c}`" for c in _reading_fields(domain))])
+
+
+def _too_late(w: Windows) -> str:
+    """Behind the watermark by more than the allowed lateness at its earliest window end."""
+    return f"wm_ms IS NOT NULL AND wm_ms >= first_end_ms - 1 + {int(w.allowed_lateness_s) * 1000}"
+
+
+def _rejected(t_env: TableEnvironment, w: Windows, p: str) -> tuple[Table, Table]:
+    """(dead letters, late events) of ``{p}_classified``: every reading not aggregated, with why."""
+    dead_letters = t_env.sql_query(f"""
+  SELECT src_topic AS source_topic, src_partition AS source_partition, src_offset AS source_offset,
+         raw_key AS original_key, raw_value AS original_value, reason, COALESCE(error, '') AS error,
+         CAST(LOCALTIMESTAMP AS TIMESTAMP(3)) AS received_at
+  FROM {p}_classified WHERE reason IS NOT NULL""")
+    late_events = t_env.sql_query(f"""
+  SELECT src_topic AS source_topic, src_partition AS source_partition, src_offset AS source_offset,
+         sensor_id, CAST(ts AS TIMESTAMP(3)) AS event_time, wm AS `watermark`,
+         wm_ms - ts_ms AS lateness_ms, raw_value AS original
+  FROM {p}_classified WHERE reason IS NULL AND {_too_late(w)}""")
+    return dead_letters, late_events
+
+
+def _accepted(t_env: TableEnvironment, domain: Domain, w: Windows, p: str) -> None:
+    """``{p}_accepted`` (what sensor silence watches) and ``{p}_marked`` (what the windows read).
+
+    ``occurrence`` numbers deliveries of one (sensor, seq), so a duplicate is counted in
+    ``duplicates`` and aggregated once.
+    """
+    t_env.create_temporary_view(
+        f"{p}_accepted",
+        t_env.sql_query(f"""
+  SELECT sensor_id, site_id, zone_id, `domain`, ts
+  FROM {p}_classified WHERE reason IS NULL AND NOT ({_too_late(w)})"""),
+    )
+    t_env.create_temporary_view(
+        f"{p}_marked",
+        t_env.sql_query(f"""
+  SELECT ts, ts_ms, wm_ms, wm_ms IS NOT NULL AND ts_ms < wm_ms AS is_late, {_columns(domain)},
+         {domain.zone} AS zone_key,
+         COUNT(*) OVER (PARTITION BY sensor_id, seq ORDER BY pt
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS occurrence
+  FROM {p}_classified WHERE reason IS NULL AND NOT ({_too_late(w)})"""),
+    )
 
 
 def window_name(domain: Domain, key_kind: str, kind: str) -> str:
@@ -429,11 +461,12 @@ def append_sink(
     bootstrap: str,
     transactional_id_prefix: str | None,
     key_field: str | None = None,
+    security: Mapping[str, str] | None = None,
 ) -> str:
     """Kafka table (Avro value, ``key_field`` as the raw key) for append-only results."""
     return kafka_table(
         table, record, topic=topic, bootstrap=bootstrap, sink=True,
-        transactional_id_prefix=transactional_id_prefix, key_field=key_field,
+        transactional_id_prefix=transactional_id_prefix, key_field=key_field, security=security,
     )  # fmt: skip
 
 
@@ -449,11 +482,12 @@ def build(
 ) -> dict[str, str]:
     """Register the raw source and the four sinks for ``domain``; returns output name -> sink table."""
     job = f"citystream-{domain.name}"
+    security = kafkaconf.flink(settings, "jobs")
     t_env.execute_sql(
         raw_kafka_table(
             f"{domain.name}_raw", domain, windows,
             topic=settings.topic(domain.topic), bootstrap=settings.kafka_bootstrap,
-            bounded=bounded, group_id=job, watermark_on_event=watermark_on_event,
+            bounded=bounded, group_id=job, watermark_on_event=watermark_on_event, security=security,
         )
     )  # fmt: skip
     sinks = {
@@ -474,7 +508,7 @@ def build(
         t_env.execute_sql(
             append_sink(
                 sinks[what], record, topic=settings.topic(topic), bootstrap=settings.kafka_bootstrap,
-                transactional_id_prefix=prefix(what.replace("_", "-")), key_field=key,
+                transactional_id_prefix=prefix(what.replace("_", "-")), key_field=key, security=security,
             )
         )  # fmt: skip
     return sinks

@@ -1,5 +1,5 @@
 -- ClickHouse Kafka table engine + materialized views: the alternative to the
--- citystream loader (connectors/loader.py) for server deployments.
+-- citystream loader (connectors/loader/) for server deployments.
 --
 -- NOT EXECUTED BY THE TESTS, and not applicable to the embedded store: it needs a
 -- ClickHouse server whose background Kafka consumers run all the time.

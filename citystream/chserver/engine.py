@@ -191,3 +191,26 @@ class Sessions:
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+
+def result_summary(result: Any) -> dict[str, str]:
+    """The X-ClickHouse-Summary fields of a chdb result (0 for what chdb does not report)."""
+
+    def stat(name: str) -> int:
+        with contextlib.suppress(Exception):
+            return int(getattr(result, name)())
+        return 0
+
+    elapsed = 0.0
+    with contextlib.suppress(Exception):
+        elapsed = float(result.elapsed())
+    return {
+        "read_rows": str(stat("storage_rows_read")),
+        "read_bytes": str(stat("storage_bytes_read")),
+        "written_rows": str(stat("rows_written")),
+        "written_bytes": str(stat("bytes_written")),
+        "total_rows_to_read": str(stat("storage_rows_read")),
+        "result_rows": str(stat("rows_read")),
+        "result_bytes": str(stat("bytes_read")),
+        "elapsed_ns": str(int(elapsed * 1e9)),
+    }

@@ -91,6 +91,8 @@ VIEWER_KINDS = frozenset(
         "ExistsTableQuery",
         "ExistsDatabaseQuery",
         "ShowCreateTableQuery",
+        # EXPLAIN of a statement these rules accept: the dashboards' tests read query plans.
+        "Explain",
     }
 )
 WRITER_KINDS = VIEWER_KINDS | frozenset(
@@ -274,7 +276,7 @@ def inspect(conn: Any, text: str, binds: Mapping[str, str]) -> tuple[str, Node]:
 
 
 class Policy:
-    """The allow-list; ``io_functions`` are the engine's table-function names (see :func:`table_functions`)."""
+    """The allow-list; ``io_functions``: the engine's table-function names (:func:`table_functions`)."""
 
     def __init__(self, io_functions: frozenset[str]) -> None:
         self.denied = (io_functions - _NOT_IO) | SCALAR_DENIED
@@ -308,7 +310,9 @@ class Policy:
         refuse = _refuser(who)
         if who.readonly and node.kind not in VIEWER_NODES and node.kind != "Set":
             raise refuse(f"{_describe(node.kind)} is not allowed for user {who.name}")
-        if node.kind == "Set" and who.readonly:
+        # EXPLAIN's own options (``indexes = 1``) parse as a Set under it; engine readonly=1
+        # still refuses any real setting change there.
+        if node.kind == "Set" and who.readonly and not (parent is not None and parent.kind == "Explain"):
             raise StoreError(READONLY, f"{who.name}: Cannot modify settings in readonly mode")
         if node.kind in ("Dictionary", "FunctionWithKeyValueArguments"):
             raise refuse("Dictionaries are not allowed by this server")
@@ -316,15 +320,18 @@ class Policy:
             self._check_function(who, node, parent)
         elif node.kind == "TableIdentifier" and who.readonly:
             self._check_table(who, node.name)
-        elif node.kind in ("ShowTables", "ExistsTableQuery", "ShowCreateTableQuery", "ExistsDatabaseQuery"):
-            if who.readonly and node.children and node.children[0].kind == "Identifier":
-                if node.kind == "ExistsTableQuery" or node.kind == "ShowCreateTableQuery":
-                    if len(node.children) == 2:
-                        self._check_table(who, f"{node.children[0].name}.{node.children[1].name}")
-                    else:
-                        self._check_table(who, node.children[0].name)
-                else:
-                    self._check_database(who, node.children[0].name)
+        elif who.readonly and node.kind in _NAMED_KINDS and node.children:
+            self._check_named(who, node)
+
+    def _check_named(self, who: Who, node: Node) -> None:
+        """SHOW TABLES FROM db / EXISTS [TABLE] db.t / SHOW CREATE db.t: the names are Identifier children."""
+        names = [child.name for child in node.children if child.kind == "Identifier"]
+        if not names:
+            return
+        if node.kind in ("ShowTables", "ExistsDatabaseQuery"):
+            self._check_database(who, names[0])
+        else:
+            self._check_table(who, ".".join(names[:2]))
 
     def _check_function(self, who: Who, node: Node, parent: Node | None) -> None:
         refuse = _refuser(who)
@@ -357,6 +364,9 @@ class Policy:
     def _check_database(self, who: Who, database: str) -> None:
         if who.databases is not None and database not in who.databases and database.lower() != "system":
             raise StoreError(ACCESS_DENIED, f"{who.name}: Not enough privileges to read database {database}")
+
+
+_NAMED_KINDS = frozenset({"ShowTables", "ExistsTableQuery", "ShowCreateTableQuery", "ExistsDatabaseQuery"})
 
 
 def _refuser(who: Who):  # type: ignore[no-untyped-def]

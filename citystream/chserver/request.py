@@ -246,12 +246,12 @@ def read_statement(params: Mapping[str, str], chunks: Iterator[bytes], limit: in
         if closed.has_insert_data:
             stmt = closed
     if stmt.kind == "INSERT" and stmt.has_insert_data and stmt.format:
-        insert_head = _utf8(bytes(head[: stmt.head_end])).rstrip()
+        insert_head = utf8(bytes(head[: stmt.head_end])).rstrip()
         return Request(head, stmt, f"{insert_head} FORMAT {stmt.format}", insert_head)
     for more in chunks:
         head += more
         _bound(head, limit)
-    text = _utf8(bytes(head))
+    text = utf8(bytes(head))
     if not text.strip():
         raise StoreError(SYNTAX_ERROR, "Empty query")
     return Request(head, Statement(kind=stmt.kind), text)
@@ -262,7 +262,8 @@ def _bound(head: bytearray, limit: int) -> None:
         raise StoreError(QUERY_IS_TOO_LARGE, f"Query is too large: more than {limit} bytes")
 
 
-def _utf8(data: bytes) -> str:
+def utf8(data: bytes) -> str:
+    """Query text as the engine reads it; anything but UTF-8 is refused."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -63,7 +63,7 @@ from typing import Any, TextIO
 
 from citystream.chserver import wire
 from citystream.chserver.config import ServerConfig, User
-from citystream.chserver.engine import Engine, Session, Sessions, close_quietly
+from citystream.chserver.engine import Engine, Session, Sessions, close_quietly, result_summary
 from citystream.chserver.errors import (
     ACCESS_DENIED,
     AUTHENTICATION_FAILED,
@@ -87,6 +87,7 @@ from citystream.chserver.request import (
     read_statement,
     readonly_level,
     truthy,
+    utf8,
 )
 from citystream.chserver.sqltext import RESULT_KINDS, analyze
 
@@ -252,7 +253,7 @@ class Server:
                 conn = self.engine.connect()
             self._prepare(conn, user, method, params, headers, session)
             if request.stmt.kind == "INSERT" and request.stmt.has_insert_data:
-                return self._insert(conn, params, request, chunks)
+                return self._insert(conn, user, params, request, chunks)
             return self._run(conn, params, headers, request, checked)
         except StoreError as err:
             err.query = request.query  # type: ignore[attr-defined]
@@ -361,7 +362,7 @@ class Server:
         revision = int_param(params, "client_protocol_version")
         if produces and out_fmt.lower() == "native" and revision > 0:
             body = wire.upgrade_native(body, revision)
-        summary = _summary(result)
+        summary = result_summary(result)
         return Outcome(
             body=body,
             fmt=out_fmt if produces else None,
@@ -372,7 +373,7 @@ class Server:
         )
 
     def _insert(
-        self, conn: Any, params: Mapping[str, str], request: Request, chunks: Iterator[bytes]
+        self, conn: Any, user: User, params: Mapping[str, str], request: Request, chunks: Iterator[bytes]
     ) -> Outcome:
         stmt = request.stmt
         assert stmt.data_start is not None and stmt.format
@@ -380,15 +381,14 @@ class Server:
         if binds:
             clause = ", ".join(f"param_{k} = {quote(v)}" for k, v in binds.items() if _SETTING_NAME.match(k))
             _engine_call(conn.query, f"SET {clause}", "TabSeparated")
+        first = bytes(request.head[stmt.data_start :])
         if stmt.format.lower() == "values":
-            # Values data is parsed as SQL expressions unless told otherwise: data stays data.
-            _engine_call(conn.query, _LITERAL_VALUES, "TabSeparated")
+            first, chunks = self._vet_values(conn, user, first, chunks)
         started = time.perf_counter()
         inserter = _engine_call(conn.send_insert, request.insert_head, stmt.format)
         limit = self.config.max_insert_bytes
         try:
-            seen = len(request.head) - stmt.data_start
-            first = bytes(request.head[stmt.data_start :])
+            seen = len(first)
             if first:
                 _engine_call(inserter.append, first)
             for chunk in chunks:
@@ -415,8 +415,37 @@ class Server:
         }
         return Outcome(summary=summary, rows=written, kind="INSERT", query=request.query)
 
+    def _vet_values(
+        self, conn: Any, user: User, first: bytes, chunks: Iterator[bytes]
+    ) -> tuple[bytes, Iterator[bytes]]:
+        """Values rows are SQL expressions: small data is judged as ``SELECT <rows>``, large is literals only.
 
-_LITERAL_VALUES = "SET input_format_values_interpret_expressions = 0, input_format_values_deduce_templates_of_expressions = 0"
+        Why: the engine evaluates expressions in Values rows (the rollups send
+        ``toDateTime64(0, 6, 'UTC')``), so ``file(...)`` there would run. Data up
+        to ``max_query_bytes`` passes the statement policy like any SELECT; larger
+        data (bulk loads) is parsed with expression interpretation switched off.
+        """
+        data = bytearray(first)
+        while len(data) <= self.config.max_query_bytes:
+            more = next(chunks, None)
+            if more is None:
+                who = Who(user.name, bool(user.readonly), None, "default")
+                check = self.engine.connect()
+                try:
+                    canonical, tree = _engine_call(inspect, check, "SELECT " + utf8(bytes(data)), {})
+                finally:
+                    close_quietly(check)
+                self.policy.check(who, canonical, tree)
+                return bytes(data), iter(())
+            data += more
+        _engine_call(conn.query, _LITERAL_VALUES, "TabSeparated")
+        return bytes(data), chunks
+
+
+_LITERAL_VALUES = (
+    "SET input_format_values_interpret_expressions = 0, "
+    "input_format_values_deduce_templates_of_expressions = 0"
+)
 
 
 def _engine_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -426,27 +455,6 @@ def _engine_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise
     except Exception as exc:
         raise StoreError.from_engine(exc) from exc
-
-
-def _summary(result: Any) -> dict[str, str]:
-    def stat(name: str) -> int:
-        with contextlib.suppress(Exception):
-            return int(getattr(result, name)())
-        return 0
-
-    elapsed = 0.0
-    with contextlib.suppress(Exception):
-        elapsed = float(result.elapsed())
-    return {
-        "read_rows": str(stat("storage_rows_read")),
-        "read_bytes": str(stat("storage_bytes_read")),
-        "written_rows": str(stat("rows_written")),
-        "written_bytes": str(stat("bytes_written")),
-        "total_rows_to_read": str(stat("storage_rows_read")),
-        "result_rows": str(stat("rows_read")),
-        "result_bytes": str(stat("bytes_read")),
-        "elapsed_ns": str(int(elapsed * 1e9)),
-    }
 
 
 # --------------------------------------------------------------------------- foreground entry point

@@ -319,10 +319,10 @@ def run(
     """
     if sensors < len(DOMAIN_NAMES) or minutes < 1:
         raise UserError(f"--sensors must be at least {len(DOMAIN_NAMES)} and --minutes at least 1")
-    demo = settings.replace(topic_prefix=DEMO_PREFIX)
     was_up = all(s.running() for s in stack.services(settings))
     echo("== starting the stack")
-    stack.up(settings, echo=echo)
+    settings = stack.up(settings, echo=echo)  # with the store's passwords
+    demo = settings.replace(topic_prefix=DEMO_PREFIX)
     try:
         began = time.monotonic()
         fresh_topics(demo)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Every environment variable citystream reads, with the field it sets.
 ENV: dict[str, str] = {
     "CITYSTREAM_RUN_DIR": "run_dir",
+    "CITYSTREAM_SECRETS_FILE": "secrets_file",
     "CITYSTREAM_JARS_DIR": "jars_dir",
     "CITYSTREAM_KAFKA_PORT": "kafka_port",
     "CITYSTREAM_KAFKA_CONTROLLER_PORT": "kafka_controller_port",
     "CITYSTREAM_KAFKA_BOOTSTRAP": "kafka_bootstrap",
+    "CITYSTREAM_KAFKA_SECURITY": "kafka_security",
+    "CITYSTREAM_KAFKA_SECRETS_DIR": "kafka_secrets_dir",
     "CITYSTREAM_FLINK_PORT": "flink_rest_port",
     "CITYSTREAM_FLINK_PARALLELISM": "flink_parallelism",
     "CITYSTREAM_STORE_PORT": "store_port",
@@ -46,6 +50,8 @@ ENV: dict[str, str] = {
 SECRETS = frozenset(
     {"clickhouse_password", "clickhouse_viewer_password", "grafana_token", "grafana_password"}
 )
+#: Secrets the secrets file may hold: the store users' passwords, which `stack up` generates there.
+FILE_SECRETS = ("clickhouse_password", "clickhouse_viewer_password")
 
 
 @dataclass(frozen=True)
@@ -57,10 +63,16 @@ class Settings:
     """
 
     run_dir: Path = ROOT / ".run"
+    #: TOML file of FILE_SECRETS (mode 0600); None: ``run_dir/secrets.toml``. See :func:`load`.
+    secrets_file: Path | None = None
     jars_dir: Path = ROOT / ".cache" / "jars"
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_bootstrap: str = ""
+    #: ``plaintext`` (default) or ``sasl_ssl``: SCRAM-SHA-512 users over TLS (``stack up --secure``).
+    kafka_security: str = "plaintext"
+    #: Where the broker's CA, certificate and SCRAM passwords live; empty: ``run_dir/kafka/security``.
+    kafka_secrets_dir: str = ""
     flink_rest_port: int = 8081
     flink_parallelism: int = 1
     store_port: int = 8123
@@ -82,6 +94,8 @@ class Settings:
     pyflink_python: str = ""
 
     def __post_init__(self) -> None:
+        if self.secrets_file is None:
+            object.__setattr__(self, "secrets_file", Path(self.run_dir) / "secrets.toml")
         if not self.kafka_bootstrap:
             object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
         if not self.clickhouse_url:
@@ -103,6 +117,8 @@ class Settings:
             values["kafka_bootstrap"] = ""
         if "store_port" in changes and "clickhouse_url" not in changes:
             values["clickhouse_url"] = ""
+        if "run_dir" in changes and "secrets_file" not in changes:
+            values["secrets_file"] = None
         values.update(changes)
         return Settings(**values)  # type: ignore[arg-type]
 
@@ -120,7 +136,14 @@ class Settings:
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from the environment; a malformed number fails with the variable's name."""
+    """Settings from the environment, then the secrets file; a malformed number names the variable.
+
+    Why the file: `stack up` generates the store users' passwords there, so
+    every process on the machine (CLI, loader, jobs, tests) finds them without
+    anyone exporting secrets. A password variable that is present in the
+    environment wins over the file even when empty (a child given ``to_env()``
+    gets exactly its parent's settings).
+    """
     environ = os.environ if environ is None else environ
     types = {f.name: f.type for f in dataclasses.fields(Settings)}
     values: dict[str, object] = {}
@@ -134,8 +157,33 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                 values[name] = int(raw)
             except ValueError:
                 raise ValueError(f"{var}={raw!r} is not a whole number") from None
-        elif kind == "Path":
+        elif kind in ("Path", "Path | None"):
             values[name] = Path(raw).expanduser().resolve()
         else:
             values[name] = raw
-    return Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    assert settings.secrets_file is not None  # derived in __post_init__
+    names = {name: var for var, name in ENV.items()}
+    stored = read_secrets(settings.secrets_file)
+    fill = {name: value for name, value in stored.items() if names[name] not in environ}
+    return settings.replace(**fill) if fill else settings
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    """FILE_SECRETS from ``path`` ({} when it does not exist); anything else in it is an error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ValueError(f"cannot read the secrets file {path}: {exc.strerror}") from None
+    try:
+        stored = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"the secrets file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(k for k, v in stored.items() if k not in FILE_SECRETS or not isinstance(v, str))
+    if unknown:
+        raise ValueError(
+            f"the secrets file {path} may hold only {', '.join(FILE_SECRETS)} (strings): {unknown}"
+        )
+    return stored

@@ -194,8 +194,11 @@ def _check_prefix(prefix: str, specs: list[TopicSpec]) -> None:
 # --------------------------------------------------------------------------- broker
 
 
-def _connect(bootstrap: str, timeout_s: float) -> KafkaAdminClient:
-    """An admin client, or a UserError that says where nothing answered."""
+def _connect(bootstrap: str, timeout_s: float, security: Mapping[str, Any] | None = None) -> KafkaAdminClient:
+    """An admin client, or a UserError that says where nothing answered.
+
+    ``security``: kafka-python keyword arguments from :func:`citystream.kafkaconf.kafka_python`.
+    """
     servers = [s.strip() for s in bootstrap.split(",") if s.strip()]
     endpoints = []
     for server in servers:
@@ -223,6 +226,7 @@ def _connect(bootstrap: str, timeout_s: float) -> KafkaAdminClient:
             client_id="citystream-topics",
             request_timeout_ms=int(timeout_s * 1000),
             bootstrap_timeout_ms=int(timeout_s * 1000),
+            **(security or {}),
         )
     except KafkaError as exc:
         raise UserError(f"cannot talk to Kafka at {bootstrap}: {exc}") from None
@@ -251,7 +255,12 @@ def _observe(
 
 
 def ensure_topics(
-    bootstrap: str, prefix: str, spec_path: Path = DEFAULT_SPEC, *, timeout_s: float = 30.0
+    bootstrap: str,
+    prefix: str,
+    spec_path: Path = DEFAULT_SPEC,
+    *,
+    timeout_s: float = 30.0,
+    security: Mapping[str, Any] | None = None,
 ) -> list[Change]:
     """Make the broker's topics match the spec; returns what changed (empty: already up to date).
 
@@ -260,7 +269,7 @@ def ensure_topics(
     specs = load_spec(spec_path)
     _check_prefix(prefix, specs)
     by_name = {s.name(prefix): s for s in specs}
-    admin = _connect(bootstrap, timeout_s)
+    admin = _connect(bootstrap, timeout_s, security)
     try:
         return _apply(admin, by_name, timeout_s)
     finally:
@@ -378,13 +387,18 @@ def _alter(
 
 
 def list_topics(
-    bootstrap: str, prefix: str, spec_path: Path = DEFAULT_SPEC, *, timeout_s: float = 30.0
+    bootstrap: str,
+    prefix: str,
+    spec_path: Path = DEFAULT_SPEC,
+    *,
+    timeout_s: float = 30.0,
+    security: Mapping[str, Any] | None = None,
 ) -> list[TopicState]:
     """The spec's topics and any other topic under ``prefix``, as the broker has them."""
     specs = load_spec(spec_path)
     _check_prefix(prefix, specs)
     by_name = {s.name(prefix): s for s in specs}
-    admin = _connect(bootstrap, timeout_s)
+    admin = _connect(bootstrap, timeout_s, security)
     try:
         extra = sorted(n for n in admin.list_topics() if n.startswith(prefix) and n not in by_name)
         keys = {n: list(s.configs) for n, s in by_name.items()}
@@ -395,14 +409,16 @@ def list_topics(
     return [TopicState(st.name, by_name.get(st.name), st.partitions, st.configs) for st in states.values()]
 
 
-def prepare_topics(bootstrap: str, prefix: str, spec: Path = DEFAULT_SPEC) -> str:
+def prepare_topics(
+    bootstrap: str, prefix: str, spec: Path = DEFAULT_SPEC, *, security: Mapping[str, Any] | None = None
+) -> str:
     """Create the topics declared in the spec if missing; the readings topics' codec.
 
     Why before producing: producing to a missing topic would auto-create it with one
     partition and broker defaults, silently diverging from the spec. Producing with
     the topic's own codec spares the broker a recompression.
     """
-    ensure_topics(bootstrap, prefix, spec)
+    ensure_topics(bootstrap, prefix, spec, security=security)
     codecs = {s.configs.get("compression.type") for s in load_spec(spec) if s.suffix.startswith("readings.")}
     codec = codecs.pop() if len(codecs) == 1 else "lz4"
     return codec if codec in ("lz4", "zstd", "snappy", "gzip") else "lz4"

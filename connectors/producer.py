@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from confluent_kafka import Producer
 
-from citystream import contracts
+from citystream import contracts, kafkaconf
 from citystream.errors import UserError
+from citystream.settings import Settings
 
 #: How many failed records a DeliveryError quotes; the count is always exact.
 _QUOTE_ERRORS = 3
@@ -86,6 +87,7 @@ class ReadingProducer:
         compression: str = "zstd",
         delivery_timeout_ms: int = 60_000,
         client_id: str = "citystream-producer",
+        security: Mapping[str, Any] | None = None,
     ) -> None:
         self._failed: list[tuple[str, bytes | None, str]] = []
         self._failed_count = 0
@@ -109,6 +111,8 @@ class ReadingProducer:
             "on_delivery": self._on_delivery,
             # librdkafka's own log lines (connection refused ...) go to logging, not over the progress bar.
             "logger": _LIBRDKAFKA_LOG,
+            # SASL_SSL options from citystream.kafkaconf (see from_settings); none for PLAINTEXT.
+            **(security or {}),
         }
         try:
             self._producer = Producer(config)
@@ -116,6 +120,12 @@ class ReadingProducer:
             raise UserError(f"cannot create Kafka producer for {bootstrap}: {exc}") from None
         self._produce = self._producer.produce
         self._poll = self._producer.poll
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> ReadingProducer:
+        """A producer of the configured broker, as the ``producer`` user when Kafka is secured."""
+        security = kafkaconf.confluent_security(settings, "producer")
+        return cls(settings.kafka_bootstrap, security=security, **options)
 
     # -- delivery accounting -------------------------------------------------------------
 

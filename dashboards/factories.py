@@ -252,6 +252,7 @@ def domain_variable() -> dashboard_builders.CustomVariable:
         .values(",".join(DOMAIN_NAMES))
         .multi(True)
         .include_all(True)
+        .allow_custom_value(False)  # only listed values (and `selected` keeps any value from being SQL)
         .current(dashboard_models.VariableOption(selected=True, text=["All"], value=["$__all"]))
     )
 
@@ -273,17 +274,29 @@ def query_variable(name: str, label: str, sql: str) -> dashboard_builders.QueryV
         .include_all(True)
         .refresh(dashboard_models.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dashboard_models.VariableSort.ALPHABETICAL_ASC)
+        .allow_custom_value(False)  # only listed values (and `selected` keeps any value from being SQL)
         .current(dashboard_models.VariableOption(selected=True, text=["All"], value=["$__all"]))
     )
 
 
-def in_filter(column: str, variable: str) -> str:
-    """``$__conditionalAll(column IN (${v:singlequote}), $v)``: no filter at all when "All" is chosen.
+def selected(variable: str) -> str:
+    """The values of ``$variable`` as a ClickHouse array, whatever characters they hold.
 
-    ``singlequote`` quotes every value whether one or many are selected; the
-    plugin's own default format leaves a single value unquoted.
+    Why not ``${v:singlequote}``: Grafana escapes ``'`` as ``\\'`` but leaves
+    ``\\`` alone, so a value (from a URL, a custom entry or a sensor id in the
+    data) ending in a backslash closes the literal and the rest runs as SQL.
+    ``percentencode`` leaves only ``[A-Za-z0-9._~%-]``, which cannot end a
+    ClickHouse string; the values arrive as ``{a,b}`` (a multi-value glob) or
+    ``a``, decoded and split here. A value holding a comma is split in two:
+    a wrong filter, never a different statement.
     """
-    return f"$__conditionalAll({column} IN (${{{variable}:singlequote}}), ${variable})"
+    text = f"decodeURLComponent('${{{variable}:percentencode}}')"
+    return f"splitByChar(',', replaceRegexpOne({text}, '(?s)^[{{](.*)[}}]$', '\\\\1'))"
+
+
+def in_filter(column: str, variable: str) -> str:
+    """``$__conditionalAll(column IN <selected values>, $v)``: no filter at all when "All" is chosen."""
+    return f"$__conditionalAll({column} IN {selected(variable)}, ${variable})"
 
 
 # --------------------------------------------------------------------------- annotations

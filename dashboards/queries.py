@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from citystream.dashboards.factories import in_filter
+from citystream.dashboards.factories import in_filter, selected
 
 #: Length of the tumbling windows the jobs emit (jobs.common.Windows.tumble_s and zone_s; a test pins it).
 TUMBLE_S = 60
@@ -284,7 +284,7 @@ def zone_sensors(domain: str) -> str:
     sensors' own records: their health verdicts (every sensor, kept forever)
     and, for sensors that never had one, their recent raw readings.
     """
-    zones = "zone_id IN (${zone:singlequote})"
+    zones = f"zone_id IN {selected('zone')}"
     return (
         f"SELECT sensor_id FROM sensor_health_latest WHERE domain = '{domain}' AND {zones} "
         f"UNION ALL SELECT sensor_id FROM readings WHERE domain = '{domain}' AND {zones}"
@@ -293,7 +293,7 @@ def zone_sensors(domain: str) -> str:
 
 def anomaly_keys(domain: str) -> str:
     """``$sensor`` and ``$zone`` for verdicts, whose key is a sensor or a zone-level id."""
-    zone = f"(key_id IN (${{zone:singlequote}}) OR key_id IN ({zone_sensors(domain)}))"
+    zone = f"(key_id IN {selected('zone')} OR key_id IN ({zone_sensors(domain)}))"
     return f"{in_filter('key_id', 'sensor')}\n    AND $__conditionalAll({zone}, $zone)"
 
 

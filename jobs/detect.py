@@ -43,6 +43,7 @@ from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext,
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from pyflink.table import StreamTableEnvironment
 
+from citystream import kafkaconf
 from citystream.detection import (
     DetectionConfig,
     GroupEngine,
@@ -328,6 +329,7 @@ def run(
     """
     _, t_env = environment(settings, parallelism=parallelism, savepoint=savepoint, bounded=bounded)
     lag_s = OUT_OF_ORDER_MS // 1000
+    security = kafkaconf.flink(settings, "jobs")
     t_env.execute_sql(
         kafka_table(
             "aggregates",
@@ -336,6 +338,7 @@ def run(
             bootstrap=settings.kafka_bootstrap,
             bounded=bounded,
             group_id="citystream-detect",
+            security=security,
             # Per-partition watermarks, made inside the source (see with_window_watermarks).
             extra_columns=f"WATERMARK FOR window_end AS window_end - INTERVAL '{lag_s}' SECOND",
         )
@@ -363,6 +366,7 @@ def run(
                 sink=True,
                 transactional_id_prefix=f"{settings.topic_prefix}detect-{kind}",
                 key_field=key,
+                security=security,
             )
         )
         texts = out.filter(lambda v, k=kind: v[0] == k).map(

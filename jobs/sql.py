@@ -10,6 +10,7 @@ contracts in lockstep.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ def kafka_table(
     sink: bool = False,
     transactional_id_prefix: str | None = None,
     key_field: str | None = None,
+    security: Mapping[str, str] | None = None,
 ) -> str:
     """``CREATE TEMPORARY TABLE`` for an Avro-encoded Kafka topic.
 
@@ -89,9 +91,11 @@ def kafka_table(
     ``key_field`` (a STRING or BYTES column) becomes the record key as raw
     bytes: topics that are compacted refuse unkeyed records, and a key keeps
     one sensor's (or alert's) records in order on one partition.
+    ``security`` (:func:`citystream.kafkaconf.flink`) holds a password: never log the DDL.
     """
     cols = columns(record) + (f", {extra_columns}" if extra_columns else "")
     options = {"connector": "kafka", "topic": topic, "properties.bootstrap.servers": bootstrap}
+    options.update(security or {})
     if key_field:
         options.update({"key.format": "raw", "key.fields": key_field, "value.format": "avro"})
         options["value.fields-include"] = "ALL"

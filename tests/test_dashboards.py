@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import pytest
 
@@ -206,15 +207,36 @@ def _variables(sql: str, variables: Mapping[str, Sequence[str] | None]) -> str:
         values = variables[name]
         if values is ALL:
             raise ExpansionError(f"${name} outside $__conditionalAll: 'All' would send every value")
-        if fmt == "singlequote":
-            return ",".join("'" + v.replace("'", "\\'") + "'" for v in values)
-        if fmt == "sqlstring":
-            return ",".join("'" + v.replace("'", "''") + "'" for v in values)
         if fmt is None:
             return values[0] if len(values) == 1 else ",".join(f"'{v}'" for v in values)
-        raise ExpansionError(f"variable format {fmt!r} is not one the dashboards should use")
+        if fmt not in GRAFANA_FORMATS:
+            raise ExpansionError(f"variable format {fmt!r} is not one the dashboards should use")
+        return grafana_format(fmt, values)
 
     return _VARIABLE.sub(replace, sql)
+
+
+#: Grafana's variable formats the expander knows, written from Grafana's format registry.
+GRAFANA_FORMATS = ("singlequote", "sqlstring", "csv", "raw", "percentencode")
+
+
+def grafana_format(fmt: str, values: Sequence[str]) -> str:
+    """``${v:fmt}`` of a multi-value variable (Grafana passes the selection as an array).
+
+    singlequote escapes ``'`` as ``\\'`` only; sqlstring doubles ``'``; csv and
+    raw join with commas, escaping nothing; percentencode is
+    ``encodeURIComponentStrict('{' + values.join(',') + '}')`` (everything but
+    ``[A-Za-z0-9._~-]`` as UTF-8 ``%XX``).
+    """
+    if fmt == "singlequote":
+        return ",".join("'" + v.replace("'", "\\'") + "'" for v in values)
+    if fmt == "sqlstring":
+        return ",".join("'" + v.replace("'", "''") + "'" for v in values)
+    if fmt in ("csv", "raw"):
+        return ",".join(values)
+    if fmt == "percentencode":
+        return quote("{" + ",".join(values) + "}", safe="")
+    raise ValueError(f"not a Grafana format the tests know: {fmt}")
 
 
 def _macros(sql: str, rng: TimeRange) -> str:

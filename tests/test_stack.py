@@ -14,6 +14,7 @@ from kafka import KafkaAdminClient
 
 from citystream import demo, stack
 from citystream.cli import main
+from citystream.stack.store import credentials
 from tests.conftest import stack_settings
 
 pytestmark = pytest.mark.integration
@@ -66,6 +67,9 @@ def test_stack_lifecycle_with_demo(
         assert report.ok, "\n".join(log)
         assert report.windows > 0 and set(report.domains) == {"traffic", "water", "grid"}
         assert any(line.startswith(f"OK: all {report.windows} ") for line in log), "\n".join(log)
+        # The first `up` generated the store users' passwords: every later client reads them.
+        settings = credentials(settings)
+        assert settings.clickhouse_password and settings.clickhouse_viewer_password
 
         code, out = _status_cli(settings, monkeypatch, capsys)
         assert code == 0, out
@@ -78,7 +82,7 @@ def test_stack_lifecycle_with_demo(
         assert [line.split()[1] for line in out.splitlines()[1:]] == ["stopped"] * 3, out
 
         # Up again: the broker's topics and the store's rows are still there.
-        stack.up(settings, echo=lambda *a, **k: None)
+        assert stack.up(settings, echo=lambda *a, **k: None) == settings  # the same passwords
         demo_settings = settings.replace(topic_prefix=demo.DEMO_PREFIX)
         kept = sum(
             len(demo.sensor_minute_rows(demo_settings, name, sensors))

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from citystream import settings
+from citystream import kafkaconf, settings
 from citystream.catalog import DOMAIN_NAMES
 from citystream.errors import UserError
 from citystream.simulator.params import iso, parse_duration, parse_speed, parse_time
@@ -188,8 +188,12 @@ def _send(ds: Dataset, args: argparse.Namespace) -> int:
         )
     else:
         bootstrap = args.bootstrap or current.kafka_bootstrap
-        compression = prepare_topics(bootstrap, prefix, current.topics_spec)
-        with ReadingProducer(bootstrap, compression=compression, client_id="citystream-importer") as producer:
+        admin = kafkaconf.kafka_python(current, "admin")
+        compression = prepare_topics(bootstrap, prefix, current.topics_spec, security=admin)
+        producer_security = kafkaconf.confluent_security(current, "producer")
+        with ReadingProducer(
+            bootstrap, compression=compression, client_id="citystream-importer", security=producer_security
+        ) as producer:
             summary = publish(
                 ds, KafkaSink(producer), prefix, speed=speed, shift_ms=shift, labels_file=args.labels_file
             )

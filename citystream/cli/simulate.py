@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from citystream import settings
+from citystream import kafkaconf, settings
 from citystream.catalog import DOMAIN_NAMES
 from citystream.errors import UserError
 from citystream.simulator.params import (
@@ -240,9 +240,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         summary = sim.run(CountingSink(), labels_file=args.labels_file, progress=progress)
     else:
         bootstrap = args.bootstrap or current.kafka_bootstrap
-        compression = prepare_topics(bootstrap, cfg.topic_prefix, current.topics_spec)
+        admin = kafkaconf.kafka_python(current, "admin")
+        compression = prepare_topics(bootstrap, cfg.topic_prefix, current.topics_spec, security=admin)
         with ReadingProducer(
-            bootstrap, compression=compression, client_id="citystream-simulator"
+            bootstrap,
+            compression=compression,
+            client_id="citystream-simulator",
+            security=kafkaconf.confluent_security(current, "producer"),
         ) as producer:
             summary = sim.run(KafkaSink(producer), labels_file=args.labels_file, progress=progress)
             producer.flush()

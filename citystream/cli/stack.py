@@ -10,6 +10,11 @@ Contract of ``citystream stack up | down | status``:
 * ``down`` stops exactly the process groups ``up`` started (pids recorded
   under the run directory) and keeps the data; ``down --purge`` deletes it.
 * ``status`` prints each service's state, pid, port and health.
+* ``up --secure`` (or CITYSTREAM_KAFKA_SECURITY=sasl_ssl) starts Kafka with a
+  SASL_SSL listener only: a local CA and broker certificate, SCRAM-SHA-512
+  users admin, producer, jobs and loader with random passwords, all generated
+  on first start under the run directory (mode 0600) and re-used afterwards;
+  topics are never auto-created. Other commands need the same setting.
 
 Every service runs in its own session, so stopping its process group also
 stops the children it forked (Flink's Python workers, the JVM behind a
@@ -26,7 +31,13 @@ from citystream.settings import load as load_settings
 def _cmd_up(args: argparse.Namespace) -> int:
     from citystream import stack  # kafka-python, clickhouse-connect, yaml: ~0.5 s that --help must not pay
 
-    stack.up(load_settings())
+    settings = load_settings()
+    configured = settings.kafka_security
+    if args.secure:
+        settings = settings.replace(kafka_security="sasl_ssl")
+    stack.up(settings)
+    if args.secure and configured.lower() != "sasl_ssl":
+        print("kafka  is SASL_SSL: export CITYSTREAM_KAFKA_SECURITY=sasl_ssl for the other commands")
     return 0
 
 
@@ -57,6 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     cmds = parser.add_subparsers(dest="stack_command", metavar="ACTION", required=True)
     p = cmds.add_parser("up", help="start every service and wait until healthy (idempotent)")
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="Kafka over SASL_SSL with generated SCRAM users and CA (as CITYSTREAM_KAFKA_SECURITY=sasl_ssl)",
+    )
     p.set_defaults(handler=_cmd_up)
     p = cmds.add_parser("down", help="stop the services this stack started; keeps data unless --purge")
     p.add_argument("--purge", action="store_true", help="also delete broker, store and checkpoint data")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from citystream import settings
+from citystream import kafkaconf, settings
 from citystream.errors import UserError
 
 
@@ -43,7 +43,8 @@ def _cmd_create(args: argparse.Namespace) -> int:
     from citystream import topics  # kafka-python: ~0.3 s that --help must not pay
 
     bootstrap, prefix = _settings_args(args)
-    changes = topics.ensure_topics(bootstrap, prefix, args.spec)
+    security = kafkaconf.kafka_python(settings.load(), "admin")
+    changes = topics.ensure_topics(bootstrap, prefix, args.spec, security=security)
     for change in changes:
         print(change)
     if not changes:
@@ -57,7 +58,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from citystream import topics  # kafka-python: ~0.3 s that --help must not pay
 
     bootstrap, prefix = _settings_args(args)
-    states = topics.list_topics(bootstrap, prefix, args.spec)
+    security = kafkaconf.kafka_python(settings.load(), "admin")
+    states = topics.list_topics(bootstrap, prefix, args.spec, security=security)
     print(f"{'TOPIC':34} {'PARTS':>5} {'CLEANUP':14} {'RETENTION.MS':>13} {'COMPRESSION':11}  STATUS")
     for st in states:
         parts = "-" if st.partitions is None else str(st.partitions)

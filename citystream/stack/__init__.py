@@ -13,11 +13,12 @@ import logging
 import shutil
 from collections.abc import Callable
 
+from citystream import kafkaconf
 from citystream.settings import Settings
 from citystream.stack.flink import Flink
 from citystream.stack.kafka import Kafka
 from citystream.stack.service import Service, Status
-from citystream.stack.store import Store
+from citystream.stack.store import Store, credentials
 from citystream.store.client import connect
 from citystream.store.migrate import migrate
 from citystream.topics import ensure_topics
@@ -41,8 +42,14 @@ def services(settings: Settings) -> list[Service]:
     return found
 
 
-def up(settings: Settings, echo: Callable[..., object] = print) -> None:
-    """Start what is not running, then bring the schema and the topics up to date."""
+def up(settings: Settings, echo: Callable[..., object] = print) -> Settings:
+    """Start what is not running, then bring the schema and the topics up to date.
+
+    Returns the settings in force: with the embedded store, its users' passwords
+    from the secrets file (generated on the first ``up``), for the caller's clients.
+    """
+    if settings.embedded_store:
+        settings = credentials(settings)
     for svc in services(settings):
         echo(f"{svc.name:6} ... ", end="", flush=True)
         echo(f"{svc.start()} (port {svc.port})")
@@ -52,12 +59,18 @@ def up(settings: Settings, echo: Callable[..., object] = print) -> None:
         echo(f"schema {len(applied)} migration(s) applied" if applied else "schema up to date")
     else:
         echo(f"store  ... external ClickHouse at {settings.clickhouse_url} (`citystream store migrate`)")
-    changes = ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec)
+    changes = ensure_topics(
+        settings.kafka_bootstrap,
+        settings.topic_prefix,
+        settings.topics_spec,
+        security=kafkaconf.kafka_python(settings, "admin"),
+    )
     echo(
         f"topics {len(changes)} change(s) from {settings.topics_spec.name}"
         if changes
         else "topics up to date"
     )
+    return settings
 
 
 def down(settings: Settings, purge: bool = False, echo: Callable[..., object] = print) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
+import secrets
 import shutil
 import subprocess
 import uuid
@@ -10,8 +13,14 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient
 
+from citystream import kafkaconf
 from citystream.errors import UserError
+from citystream.settings import Settings
 from citystream.stack.service import Service
+
+#: Marker (in the service dir) of a data dir formatted with the SCRAM users: without it a
+#: secure broker would start on PLAINTEXT-formatted metadata that knows no users.
+_SECURE_MARKER = "formatted-with-scram"
 
 
 class Kafka(Service):
@@ -34,17 +43,51 @@ class Kafka(Service):
             raise UserError(f"Kafka broker jars missing in {jars}: run `make setup`")
         return f"{jars}/*"
 
+    @property
+    def secure(self) -> bool:
+        return kafkaconf.secure(self.settings)
+
+    def _listener_props(self) -> dict[str, str]:
+        """PLAINTEXT, or a SASL_SSL listener only (the controller stays local PLAINTEXT, as KRaft needs)."""
+        s = self.settings
+        controller = f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}"
+        if not self.secure:
+            return {
+                "listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port},{controller}",
+                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port}",
+                "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "auto.create.topics.enable": "true",
+            }
+        found = kafkaconf.load_secrets(s)
+        material = kafkaconf.secrets_dir(s)
+        admin = kafkaconf.jaas("admin", found["users"]["admin"])
+        return {
+            "listeners": f"SASL_SSL://127.0.0.1:{s.kafka_port},{controller}",
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{s.kafka_port}",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "inter.broker.listener.name": "SASL_SSL",
+            "sasl.enabled.mechanisms": kafkaconf.MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": kafkaconf.MECHANISM,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": admin,
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(material / "broker.p12"),
+            "ssl.keystore.password": found["keystore"],
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(material / kafkaconf.CA_FILE),
+            "ssl.client.auth": "none",
+            # Topics come from infra/topics.toml only; a typo must fail, not make a topic.
+            "auto.create.topics.enable": "false",
+        }
+
     def _write_config(self) -> Path:
         s = self.settings
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{s.kafka_controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port}",
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            "inter.broker.listener.name": "PLAINTEXT",
+            **self._listener_props(),
             "log.dirs": str(self.data_dir),
             "num.partitions": "2",
             "offsets.topic.replication.factor": "1",
@@ -55,11 +98,10 @@ class Kafka(Service):
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
-            "auto.create.topics.enable": "true",
             "log.retention.hours": "168",
         }
         path = self.dir / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        _write_private(path, "".join(f"{k}={v}\n" for k, v in props.items()))
         log4j = self.dir / "log4j2.properties"
         log4j.write_text(
             "rootLogger.level = INFO\nrootLogger.appenderRef.out.ref = out\n"
@@ -85,20 +127,46 @@ class Kafka(Service):
             *args,
         ]
 
+    def _format(self, config: Path) -> None:
+        """Format the KRaft storage once; a secure broker gets its SCRAM users in the same step.
+
+        The users' passwords go through a Java @argfile (mode 0600, deleted after), never the
+        command line another local user could read in /proc.
+        """
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # kafka-storage would take "-..." for an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        args = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)]
+        argfile = self.dir / "format.args"
+        if self.secure:
+            users = kafkaconf.load_secrets(self.settings)["users"]
+            scram = [f"{kafkaconf.MECHANISM}=[name={u},password={p}]" for u, p in users.items()]
+            _write_private(argfile, "\n".join(["kafka.tools.StorageTool", *args[1:], *_add_scram(scram)]))
+            args = [f"@{argfile}"]
+        try:
+            fmt = subprocess.run(self._java(*args), capture_output=True, text=True, check=False)
+        finally:
+            argfile.unlink(missing_ok=True)
+        if fmt.returncode != 0:
+            out = kafkaconf.redact(f"{fmt.stdout.strip()} {fmt.stderr.strip()}", self.settings)
+            raise UserError(f"formatting Kafka storage failed: {out}")
+        if self.secure:
+            (self.dir / _SECURE_MARKER).touch()
+        else:
+            (self.dir / _SECURE_MARKER).unlink(missing_ok=True)  # a stale one from purged data
+
     def _launch(self) -> subprocess.Popen[bytes]:
+        formatted = (self.data_dir / "meta.properties").exists()
+        if self.secure:
+            ensure_material(self.settings)
+            if formatted and not (self.dir / _SECURE_MARKER).exists():
+                raise UserError(
+                    f"the broker data in {self.data_dir} was formatted without SCRAM users; "
+                    "`citystream stack down --purge` first to start it --secure"
+                )
         config = self._write_config()
-        if not (self.data_dir / "meta.properties").exists():
-            cluster_id = "-"
-            while cluster_id.startswith("-"):  # kafka-storage would take "-..." for an option
-                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            fmt = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if fmt.returncode != 0:
-                raise UserError(f"formatting Kafka storage failed: {fmt.stdout.strip()} {fmt.stderr.strip()}")
+        if not formatted:
+            self._format(config)
         with open(self.log, "ab") as log:
             return subprocess.Popen(
                 self._java("kafka.Kafka", str(config), heap="768m"),
@@ -113,6 +181,7 @@ class Kafka(Service):
             bootstrap_servers=self.settings.kafka_bootstrap,
             request_timeout_ms=3000,
             client_id="citystream-health",
+            **kafkaconf.kafka_python(self.settings, "admin"),
         )
         try:
             return bool(admin.describe_cluster().get("brokers"))
@@ -120,4 +189,69 @@ class Kafka(Service):
             admin.close()
 
     def detail(self) -> str:
-        return f"KRaft broker+controller, data {self.data_dir}"
+        listener = "SASL_SSL (SCRAM-SHA-512)" if self.secure else "PLAINTEXT"
+        return f"KRaft broker+controller, {listener}, data {self.data_dir}"
+
+
+# --------------------------------------------------------------------------- secure material
+
+
+def _add_scram(entries: list[str]) -> list[str]:
+    return [arg for entry in entries for arg in ("--add-scram", entry)]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, from the first byte (no window at a wider mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def ensure_material(settings: Settings) -> Path:
+    """Create, once, the CA, the broker's keystore and the SCRAM users' passwords; reuse them after.
+
+    Why keytool: it ships with the JDK the broker needs anyway, and no Python
+    crypto dependency is installed. Keystore passwords reach keytool through
+    its environment (``-storepass:env``), never its command line.
+    """
+    material = kafkaconf.secrets_dir(settings)
+    done = material / kafkaconf.SECRETS_FILE
+    if done.exists():
+        return material
+    keytool = shutil.which("keytool")
+    if not keytool:
+        raise UserError("keytool not found: install OpenJDK 17 (apt-get install openjdk-17-jdk-headless)")
+    material.mkdir(parents=True, exist_ok=True)
+    os.chmod(material, 0o700)
+    for stale in ("ca.p12", "broker.p12", "broker.csr", "broker.crt", kafkaconf.CA_FILE):
+        (material / stale).unlink(missing_ok=True)  # a half-made set from an interrupted run
+    found = {
+        "users": {user: secrets.token_urlsafe(24) for user in kafkaconf.USERS},
+        "keystore": secrets.token_urlsafe(24),
+        "ca": secrets.token_urlsafe(24),
+    }
+    env = {**os.environ, "CS_CA_PASS": found["ca"], "CS_KS_PASS": found["keystore"]}
+    ca = ["-keystore", str(material / "ca.p12"), "-storetype", "PKCS12", "-storepass:env", "CS_CA_PASS"]
+    ks = ["-keystore", str(material / "broker.p12"), "-storetype", "PKCS12", "-storepass:env", "CS_KS_PASS"]
+    key = ["-keyalg", "RSA", "-keysize", "2048"]
+    steps = [
+        ["-genkeypair", "-alias", "ca", *key, "-dname", "CN=citystream local CA", "-ext", "bc:c",
+         "-validity", "3650", *ca],
+        ["-exportcert", "-rfc", "-alias", "ca", "-file", str(material / kafkaconf.CA_FILE), *ca],
+        ["-genkeypair", "-alias", "broker", *key, "-dname", "CN=127.0.0.1", "-validity", "825", *ks],
+        ["-certreq", "-alias", "broker", "-file", str(material / "broker.csr"), *ks],
+        ["-gencert", "-alias", "ca", "-infile", str(material / "broker.csr"), "-outfile",
+         str(material / "broker.crt"), "-rfc", "-validity", "825", "-ext", "SAN=ip:127.0.0.1,dns:localhost",
+         "-ext", "EKU=serverAuth", *ca],
+        ["-importcert", "-noprompt", "-alias", "ca", "-file", str(material / kafkaconf.CA_FILE), *ks],
+        ["-importcert", "-alias", "broker", "-file", str(material / "broker.crt"), *ks],
+    ]  # fmt: skip
+    for step in steps:
+        run = subprocess.run([keytool, *step], env=env, capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            raise UserError(f"keytool {step[0]} failed: {run.stdout.strip()} {run.stderr.strip()}")
+    for path in material.iterdir():
+        os.chmod(path, 0o600)
+    _write_private(done, json.dumps(found, indent=1))  # last: its presence means "complete"
+    return material

@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from citystream import contracts
+from citystream import contracts, kafkaconf
 from citystream.connectors.loader.common import Abandoned, Backoff, LoadStats
 from citystream.settings import Settings
 
@@ -97,7 +97,7 @@ class DeadLetters:
         if self._producer is None:
             self._producer = Producer(
                 {
-                    "bootstrap.servers": self.settings.kafka_bootstrap,
+                    **kafkaconf.confluent(self.settings, "loader"),
                     "client.id": "citystream-loader-dlq",
                     "enable.idempotence": True,
                     "acks": "all",

@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
+from citystream import kafkaconf
 from citystream.connectors.loader.common import Abandoned, Backoff, LoadStats
 from citystream.connectors.loader.offsets import Commit, Key, OffsetPlanner
 from citystream.settings import Settings
@@ -31,7 +32,7 @@ _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
     """Manual commits, committed transactions only, partition ends reported, deep prefetch."""
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **kafkaconf.confluent(settings, "loader"),  # bootstrap, and SASL_SSL as `loader` if secured
         "group.id": group_id,
         "client.id": "citystream-loader",
         "enable.auto.commit": False,

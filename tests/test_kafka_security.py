@@ -257,6 +257,8 @@ def test_no_secret_in_logs_or_config(
 ) -> None:
     """Every client at DEBUG, then the broker's log, our logs, stdout/stderr and `config` are grepped."""
     caplog.set_level(logging.DEBUG)
+    # `stack` quiets kafka-python's logger for its health polls; this test needs its DEBUG dump.
+    caplog.set_level(logging.DEBUG, logger="kafka")
     admin = kafkaconf.kafka_python(secure, "admin")
     ensure_topics(secure.kafka_bootstrap, secure.topic_prefix, secure.topics_spec, security=admin)
     with ReadingProducer.from_settings(secure) as producer:

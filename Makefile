@@ -37,7 +37,7 @@ $(UDF_JAR): jobs/java/pom.xml $(wildcard jobs/java/src/main/java/io/citystream/f
 	  || { echo "setup: Maven could not build jobs/java (the jobs' JVM functions)"; exit 2; }
 
 demo: setup
-	$(VENV)/bin/citystream demo
+	$(VENV)/bin/citystream demo --secure
 
 test: setup
 	$(PY) -m pytest

@@ -24,7 +24,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import UnknownTopicOrPartitionError
 
-from citystream import contracts, stack
+from citystream import contracts, kafkaconf, stack
 from citystream.catalog import DOMAIN_NAMES, domain
 from citystream.connectors.loader import load
 from citystream.connectors.producer import ReadingProducer
@@ -94,16 +94,22 @@ def simulate(settings: Settings, *, seed: int, sensors: int, minutes: int) -> di
         seed=seed, start_ms=START_MS, duration_ms=minutes * MINUTE, sensors=sensors, domains=DOMAIN_NAMES,
         rates=RATES, anomalies_per_hour=30.0, topic_prefix=settings.topic_prefix,
     )  # fmt: skip
-    compression = prepare_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec)
-    with ReadingProducer(settings.kafka_bootstrap, compression=compression) as producer:
+    compression = prepare_topics(
+        settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec,
+        security=kafkaconf.kafka_python(settings, "admin"),
+    )  # fmt: skip
+    with ReadingProducer.from_settings(settings, compression=compression) as producer:
         summary = Simulation(cfg).run(KafkaSink(producer))
         producer.flush()
     return summary
 
 
 def fresh_topics(settings: Settings) -> None:
-    """Recreate every topic under the settings' prefix, so a run reads only its own data."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="citystream-demo")
+    """Recreate every topic under the settings' prefix (and its ACLs), so a run reads only its own data."""
+    security = kafkaconf.kafka_python(settings, "admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, client_id="citystream-demo", **security
+    )
     try:
         doomed = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix)]
         if doomed:
@@ -113,7 +119,8 @@ def fresh_topics(settings: Settings) -> None:
                 raise UserError(f"Kafka did not delete the old demo topics {doomed}")
     finally:
         admin.close()
-    ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec)
+    ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec, security=security)
+    stack.acl.grant(settings)  # the demo's prefix is not the one `stack up` granted
 
 
 # --------------------------------------------------------------------------- the jobs
@@ -142,7 +149,7 @@ def read_back(settings: Settings, domains: Iterable[str] = DOMAIN_NAMES) -> dict
         topic = settings.topic(domain(name).topic)
         consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-            consumer_timeout_ms=5000, enable_auto_commit=False,
+            consumer_timeout_ms=5000, enable_auto_commit=False, **kafkaconf.kafka_python(settings, "admin"),
         )  # fmt: skip
         try:
             consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))])
@@ -335,7 +342,7 @@ def run(
         echo("== the traffic, water and grid jobs at once on the Flink cluster, then detect (bounded)")
         run_jobs(demo, stack.Flink(demo), echo)
         echo("== loading results from Kafka into ClickHouse")
-        stats = load(demo, until_end=True, group_id="citystream-demo-loader")
+        stats = load(demo, until_end=True, group_id="citystream-loader-demo")
         echo(f"   loaded {stats.loaded} rows in {stats.batches} batches")
         report = DemoReport()
         readings = read_back(demo)

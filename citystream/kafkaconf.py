@@ -140,12 +140,17 @@ def flink(settings: Settings, user: str = "jobs") -> dict[str, str]:
     }
 
 
+def secret_values(settings: Settings) -> list[str]:
+    """Every generated Kafka secret (users', keystore, CA and controller passwords); [] if none yet."""
+    if not (secrets_dir(settings) / SECRETS_FILE).exists():
+        return []
+    found = load_secrets(settings)
+    named = [found.get(k, "") for k in ("keystore", "ca", "controller")]
+    return [str(v) for v in [*found.get("users", {}).values(), *named] if v]
+
+
 def redact(text: str, settings: Settings) -> str:
     """``text`` with every generated Kafka secret replaced by ``***`` (for DDL or errors shown)."""
-    if not secure(settings) or not (secrets_dir(settings) / SECRETS_FILE).exists():
-        return text
-    found = load_secrets(settings)
-    for secret in [*found.get("users", {}).values(), found.get("keystore", "")]:
-        if secret:
-            text = text.replace(str(secret), "***")
+    for secret in secret_values(settings):
+        text = text.replace(secret, "***")
     return text

@@ -31,6 +31,7 @@ ENV: dict[str, str] = {
     "CITYSTREAM_FLINK_PORT": "flink_rest_port",
     "CITYSTREAM_FLINK_PARALLELISM": "flink_parallelism",
     "CITYSTREAM_STORE_PORT": "store_port",
+    "CITYSTREAM_STORE_ALLOWED_ORIGINS": "store_allowed_origins",
     "CITYSTREAM_CLICKHOUSE_URL": "clickhouse_url",
     "CITYSTREAM_CLICKHOUSE_USER": "clickhouse_user",
     "CITYSTREAM_CLICKHOUSE_PASSWORD": "clickhouse_password",
@@ -52,6 +53,9 @@ SECRETS = frozenset(
 )
 #: Secrets the secrets file may hold: the store users' passwords, which `stack up` generates there.
 FILE_SECRETS = ("clickhouse_password", "clickhouse_viewer_password")
+#: Under the run dir: present when the stack's broker was formatted with SCRAM users
+#: (``stack up --secure``); every later command then speaks SASL_SSL unless the env says otherwise.
+KAFKA_SECURE_MARKER = Path("kafka") / "formatted-with-scram"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,9 @@ class Settings:
     flink_rest_port: int = 8081
     flink_parallelism: int = 1
     store_port: int = 8123
+    #: Browser origins (``scheme://host:port``, comma-separated) the store accepts requests from;
+    #: empty: none (a request with an ``Origin`` header is refused).
+    store_allowed_origins: str = ""
     clickhouse_url: str = ""
     clickhouse_user: str = "default"
     clickhouse_password: str = field(default="", repr=False)
@@ -122,9 +129,16 @@ class Settings:
         values.update(changes)
         return Settings(**values)  # type: ignore[arg-type]
 
-    def to_env(self) -> dict[str, str]:
-        """These settings as CITYSTREAM_* variables, so a child process (a Flink job) sees the same."""
-        return {var: str(getattr(self, name)) for var, name in ENV.items()}
+    def to_env(self, secrets: bool = True) -> dict[str, str]:
+        """These settings as CITYSTREAM_* variables, so a child process (a Flink job) sees the same.
+
+        ``secrets=False``: each secret present but empty, for a child that needs none of them
+        (an empty variable wins over the secrets file in :func:`load`, so it finds none there).
+        """
+        return {
+            var: str(getattr(self, name)) if secrets or name not in SECRETS else ""
+            for var, name in ENV.items()
+        }
 
     def masked(self) -> dict[str, str]:
         """Field -> printable value, with secrets replaced by '***'."""
@@ -142,7 +156,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     every process on the machine (CLI, loader, jobs, tests) finds them without
     anyone exporting secrets. A password variable that is present in the
     environment wins over the file even when empty (a child given ``to_env()``
-    gets exactly its parent's settings).
+    gets exactly its parent's settings). Likewise ``kafka_security``: unset, it
+    is ``sasl_ssl`` when the run dir's own broker was started ``--secure``.
     """
     environ = os.environ if environ is None else environ
     types = {f.name: f.type for f in dataclasses.fields(Settings)}
@@ -162,11 +177,19 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         else:
             values[name] = raw
     settings = Settings(**values)  # type: ignore[arg-type]
+    if "kafka_security" not in values and _run_dir_is_secure(settings):
+        settings = settings.replace(kafka_security="sasl_ssl")
     assert settings.secrets_file is not None  # derived in __post_init__
     names = {name: var for var, name in ENV.items()}
     stored = read_secrets(settings.secrets_file)
     fill = {name: value for name, value in stored.items() if names[name] not in environ}
     return settings.replace(**fill) if fill else settings
+
+
+def _run_dir_is_secure(settings: Settings) -> bool:
+    """Whether the run dir's own broker (not an external one) was started ``--secure``."""
+    local = settings.kafka_bootstrap == f"127.0.0.1:{settings.kafka_port}"
+    return local and (Path(settings.run_dir) / KAFKA_SECURE_MARKER).exists()
 
 
 def read_secrets(path: Path) -> dict[str, str]:

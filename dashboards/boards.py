@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from citystream.catalog import GRID, TRAFFIC, WATER
-from citystream.dashboards import grid, overview, pipeline, traffic, water
+from citystream.dashboards import backtests, grid, overview, pipeline, traffic, water
 from citystream.dashboards.department import title, uid
 
 #: (uid, title, builder) of every dashboard, in the order they are listed and built.
@@ -28,6 +28,7 @@ BOARDS: tuple[tuple[str, str, Callable[[], dict[str, Any]]], ...] = (
     (uid(TRAFFIC), title(TRAFFIC), traffic.build),
     (uid(WATER), title(WATER), water.build),
     (pipeline.UID, pipeline.TITLE, pipeline.build),
+    (backtests.UID, backtests.TITLE, backtests.build),
 )
 
 #: uid -> title; tests pin this so a uid never changes by accident.

@@ -11,12 +11,44 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 W = TypeVar("W")
+
+#: topic -> partition -> (start, end): exactly the records ``start <= offset < end`` of each partition.
+Offsets = Mapping[str, Mapping[int, tuple[int, int]]]
+
+
+def load_offsets(path: Path) -> dict[str, dict[int, tuple[int, int]]]:
+    """Read an offsets file: JSON ``{topic: {partition: [start, end]}}`` (end exclusive).
+
+    Why here: a job run with ``flink run -py`` reads it without the ``citystream``
+    command, and ``citystream replay --offsets FILE`` reads the same format.
+    """
+    try:
+        raw = json.loads(Path(path).read_text())
+        out = {
+            str(topic): {int(p): (int(r[0]), int(r[1])) for p, r in parts.items()}
+            for topic, parts in raw.items()
+        }
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a JSON {{topic: {{partition: [start, end]}}}} file: {exc}") from None
+    for topic, parts in out.items():
+        if not parts or any(not 0 <= s <= e for s, e in parts.values()):
+            raise ValueError(f"{path}: {topic}: need 0 <= start <= end for at least one partition")
+    return out
+
+
+def _pick(offsets: Offsets | None, topic: str) -> dict[int, tuple[int, int]] | None:
+    if offsets is None:
+        return None
+    if topic not in offsets:
+        raise ValueError(f"the offsets name no range of the input topic {topic} (only {sorted(offsets)})")
+    return dict(offsets[topic])
 
 
 @dataclass(frozen=True)
@@ -30,6 +62,14 @@ class DomainJobArgs(Generic[W]):
     exactly_once: bool
     watermark_on_event: bool
     savepoint: str | None
+    offsets: Offsets | None = None
+    output_suffix: str = ""
+    #: Suffix of the readings topic read (a replay's paced copy); default: the live topic.
+    input_suffix: str = ""
+
+    def input_offsets(self, topic: str) -> dict[int, tuple[int, int]] | None:
+        """The exact range of ``topic`` to read (None: the usual earliest/latest reading)."""
+        return _pick(self.offsets, topic)
 
 
 @dataclass(frozen=True)
@@ -40,6 +80,14 @@ class DetectJobArgs:
     config: Path | None
     parallelism: int | None
     savepoint: str | None
+    offsets: Offsets | None = None
+    output_suffix: str = ""
+    #: Suffix of the aggregates topic read (a domain replay's ``.replay.<run id>``); default: live.
+    input_suffix: str = ""
+
+    def input_offsets(self, topic: str) -> dict[int, tuple[int, int]] | None:
+        """The exact range of ``topic`` to read (None: the usual earliest/latest reading)."""
+        return _pick(self.offsets, topic)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +97,25 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--from-savepoint", default=None, metavar="PATH",
         help="resume from this savepoint when running locally (`flink run -s PATH` on a cluster)",
     )  # fmt: skip
+    parser.add_argument(
+        "--offsets", type=Path, default=None, metavar="FILE",
+        help="read exactly these offsets of the input topic and stop: JSON {topic: {partition: "
+        "[start, end]}}, end exclusive (what `citystream replay` passes)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output-suffix", default="", metavar="SUFFIX",
+        help="appended to every result topic, the consumer group and the transactional ids "
+        "(a replay's `.replay.RUN_ID`: live topics and groups stay untouched)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--input-suffix", default="", metavar="SUFFIX",
+        help="read the input topic with this suffix (a replay's paced copy, or for detect "
+        "a domain replay's aggregates)",
+    )  # fmt: skip
+
+
+def _offsets(args: argparse.Namespace) -> Offsets | None:
+    return load_offsets(args.offsets) if args.offsets is not None else None
 
 
 def parse_domain_args(
@@ -92,6 +159,7 @@ def parse_domain_args(
         bounded=args.bounded, parallelism=args.parallelism, windows=chosen,
         out_of_order_s=args.out_of_order_s, exactly_once=not args.at_least_once,
         watermark_on_event=args.watermark_on_event, savepoint=args.from_savepoint,
+        offsets=_offsets(args), output_suffix=args.output_suffix, input_suffix=args.input_suffix,
     )  # fmt: skip
 
 
@@ -107,5 +175,6 @@ def parse_detect_args(description: str, argv: Sequence[str] | None = None) -> De
     )
     args = parser.parse_args(argv)
     return DetectJobArgs(
-        bounded=args.bounded, config=args.config, parallelism=args.parallelism, savepoint=args.from_savepoint
-    )
+        bounded=args.bounded, config=args.config, parallelism=args.parallelism, savepoint=args.from_savepoint,
+        offsets=_offsets(args), output_suffix=args.output_suffix, input_suffix=args.input_suffix,
+    )  # fmt: skip

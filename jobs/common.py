@@ -49,7 +49,7 @@ from pyflink.table import StatementSet, Table, TableEnvironment, TableResult
 from citystream import kafkaconf
 from citystream.jobs.cli import parse_domain_args
 from citystream.jobs.runtime import detached, table_environment
-from citystream.jobs.sql import avsc, columns, kafka_table
+from citystream.jobs.sql import avsc, columns, kafka_table, offset_options
 from citystream.settings import Settings
 from citystream.settings import load as load_settings
 
@@ -189,12 +189,14 @@ def raw_kafka_table(
     group_id: str | None = None,
     watermark_on_event: bool = False,
     security: Mapping[str, str] | None = None,
+    offsets: Mapping[int, tuple[int, int]] | None = None,
 ) -> str:
     """``CREATE TEMPORARY TABLE`` reading a readings topic as raw bytes (key and value).
 
     ``watermark_on_event`` emits a watermark after every record instead of
     every 200 ms: tests use it so that which reading is late does not depend on
-    timing; production keeps periodic watermarks (cheaper). ``security``
+    timing; production keeps periodic watermarks (cheaper). ``offsets``
+    (partition -> [start, end)) reads exactly that range (a replay). ``security``
     (:func:`citystream.kafkaconf.flink`) holds a password: never log the DDL.
     """
     options = {
@@ -212,6 +214,8 @@ def raw_kafka_table(
     }
     if bounded:
         options["scan.bounded.mode"] = "latest-offset"
+    if offsets is not None:
+        options.update(offset_options(offsets))
     if watermark_on_event:
         options["scan.watermark.emit.strategy"] = "on-event"
     opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
@@ -479,15 +483,25 @@ def build(
     bounded: bool,
     exactly_once: bool = True,
     watermark_on_event: bool = False,
+    offsets: Mapping[int, tuple[int, int]] | None = None,
+    output_suffix: str = "",
+    input_suffix: str = "",
 ) -> dict[str, str]:
-    """Register the raw source and the four sinks for ``domain``; returns output name -> sink table."""
-    job = f"citystream-{domain.name}"
+    """Register the raw source and the four sinks for ``domain``; returns output name -> sink table.
+
+    A replay (``citystream replay``) passes the exact ``offsets`` to read and an
+    ``output_suffix`` (``.replay.<run id>``) that goes on every result topic,
+    the consumer group and the transactional ids, so nothing live is touched;
+    ``input_suffix`` reads a copy of the readings topic instead (paced replays).
+    """
+    job = f"citystream-{domain.name}{output_suffix}"
     security = kafkaconf.flink(settings, "jobs")
     t_env.execute_sql(
         raw_kafka_table(
             f"{domain.name}_raw", domain, windows,
-            topic=settings.topic(domain.topic), bootstrap=settings.kafka_bootstrap,
+            topic=settings.topic(domain.topic) + input_suffix, bootstrap=settings.kafka_bootstrap,
             bounded=bounded, group_id=job, watermark_on_event=watermark_on_event, security=security,
+            offsets=offsets,
         )
     )  # fmt: skip
     sinks = {
@@ -507,7 +521,8 @@ def build(
     ):
         t_env.execute_sql(
             append_sink(
-                sinks[what], record, topic=settings.topic(topic), bootstrap=settings.kafka_bootstrap,
+                sinks[what], record, topic=settings.topic(topic) + output_suffix,
+                bootstrap=settings.kafka_bootstrap,
                 transactional_id_prefix=prefix(what.replace("_", "-")), key_field=key, security=security,
             )
         )  # fmt: skip
@@ -536,15 +551,22 @@ def run_domain_job(
     exactly_once: bool = True,
     watermark_on_event: bool = False,
     savepoint: str | None = None,
+    offsets: Mapping[int, tuple[int, int]] | None = None,
+    output_suffix: str = "",
+    input_suffix: str = "",
 ) -> None:
-    """Kafka tables from ``settings`` -> :func:`process` -> sinks; waits unless ``flink run --detached``."""
+    """Kafka tables from ``settings`` -> :func:`process` -> sinks; waits unless ``flink run --detached``.
+
+    ``offsets``, ``output_suffix``, ``input_suffix``: a replay's input range and topics (see :func:`build`).
+    """
     t_env = table_environment(
-        settings, job=f"citystream-{domain.name}", parallelism=parallelism, bounded=bounded,
-        savepoint=savepoint, overrides=window_options(windows),
+        settings, job=f"citystream-{domain.name}{output_suffix}", parallelism=parallelism,
+        bounded=bounded or offsets is not None, savepoint=savepoint, overrides=window_options(windows),
     )  # fmt: skip
     sinks = build(
         t_env, settings, domain, windows, bounded=bounded, exactly_once=exactly_once,
-        watermark_on_event=watermark_on_event,
+        watermark_on_event=watermark_on_event, offsets=offsets, output_suffix=output_suffix,
+        input_suffix=input_suffix,
     )  # fmt: skip
     outputs = process(t_env, domain, t_env.from_path(f"{domain.name}_raw"), windows)
     result = insert_all(t_env, outputs, sinks)
@@ -555,9 +577,12 @@ def run_domain_job(
 def main_for(domain: Domain, argv: Sequence[str] | None = None) -> int:
     """The thin ``main()`` of every domain job: its arguments (jobs/cli.py) -> :func:`run_domain_job`."""
     args = parse_domain_args(domain.name, domain.topic, Windows(), domain.out_of_order_s, argv)
+    settings = load_settings()
     run_domain_job(
-        load_settings(), replace(domain, out_of_order_s=args.out_of_order_s), args.windows,
+        settings, replace(domain, out_of_order_s=args.out_of_order_s), args.windows,
         bounded=args.bounded, parallelism=args.parallelism, exactly_once=args.exactly_once,
         watermark_on_event=args.watermark_on_event, savepoint=args.savepoint,
+        offsets=args.input_offsets(settings.topic(domain.topic) + args.input_suffix),
+        output_suffix=args.output_suffix, input_suffix=args.input_suffix,
     )  # fmt: skip
     return 0

@@ -93,8 +93,8 @@ def submit(
     if not cluster.running():
         raise UserError("the Flink cluster is not running: start it with `citystream stack up`")
     cmd = flink_run_command(cluster.home(), job_file(name), job_args, detached=detached, savepoint=savepoint)
-    env = cluster.env()
-    env.update(settings.replace(job_name=f"citystream-{name}").to_env())
+    env = cluster.env()  # built from scratch: no secret of ours (see citystream.stack.flink)
+    env.update(settings.replace(job_name=f"citystream-{name}").to_env(secrets=False))
     env.setdefault("JVM_ARGS", "-Xmx512m")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     log = settings.run_dir / "flink" / "log" / f"submit-{name}.log"

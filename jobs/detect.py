@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pyflink.common import Duration, Row, Types, WatermarkStrategy
@@ -286,9 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run against Kafka from settings; ``--bounded`` stops at the offsets current at start."""
     args = parse_detect_args(__doc__ or "", argv)
     # The config is read at every (re)start: edit infra/detection.toml, restart from a savepoint.
+    settings = load_settings()
+    source = settings.topic("aggregates") + args.input_suffix
     run(
-        load_settings(), load_config(args.config), bounded=args.bounded, parallelism=args.parallelism,
-        savepoint=args.savepoint,
+        settings, load_config(args.config), bounded=args.bounded, parallelism=args.parallelism,
+        savepoint=args.savepoint, offsets=args.input_offsets(source),
+        input_suffix=args.input_suffix, output_suffix=args.output_suffix,
     )  # fmt: skip
     return 0
 
@@ -299,6 +302,7 @@ def environment(
     parallelism: int | None = None,
     savepoint: str | None = None,
     bounded: bool = False,
+    job: str = "citystream-detect",
 ) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
     """``runtime.stream_environment`` with the detect job's name, worker settings and idle timeout.
 
@@ -306,7 +310,7 @@ def environment(
     alerts) back for long, but aggregates arrive a minute apart: 60 s.
     """
     return stream_environment(
-        settings, job="citystream-detect", parallelism=parallelism, bounded=bounded, savepoint=savepoint,
+        settings, job=job, parallelism=parallelism, bounded=bounded, savepoint=savepoint,
         idle_timeout="60 s", overrides=WORKER_OPTIONS,
     )  # fmt: skip
 
@@ -319,6 +323,9 @@ def run(
     parallelism: int | None = None,
     savepoint: str | None = None,
     wait: bool = True,
+    offsets: Mapping[int, tuple[int, int]] | None = None,
+    input_suffix: str = "",
+    output_suffix: str = "",
 ) -> Any:
     """aggregates topic -> ``detect`` -> anomalies, alerts and sensor-health topics (Avro, exactly-once).
 
@@ -326,28 +333,41 @@ def run(
     pending verdicts, Kafka offsets): the uids are fixed, so a rebuilt job
     restores too. With ``wait=False`` the job is left running and its
     ``TableResult`` returned (``get_job_client()`` stops it with a savepoint).
+    A replay reads exactly ``offsets`` of the aggregates topic (with
+    ``input_suffix``: a domain replay's output) and writes to topics, a group
+    and transactional ids carrying ``output_suffix``.
     """
-    _, t_env = environment(settings, parallelism=parallelism, savepoint=savepoint, bounded=bounded)
+    _, t_env = environment(
+        settings, parallelism=parallelism, savepoint=savepoint, bounded=bounded or offsets is not None,
+        job=f"citystream-detect{output_suffix}",
+    )  # fmt: skip
     lag_s = OUT_OF_ORDER_MS // 1000
     security = kafkaconf.flink(settings, "jobs")
     t_env.execute_sql(
         kafka_table(
             "aggregates",
             "citystream.WindowAggregate",
-            topic=settings.topic("aggregates"),
+            topic=settings.topic("aggregates") + input_suffix,
             bootstrap=settings.kafka_bootstrap,
             bounded=bounded,
-            group_id="citystream-detect",
+            group_id=f"citystream-detect{output_suffix}",
             security=security,
+            offsets=offsets,
             # Per-partition watermarks, made inside the source (see with_window_watermarks).
             extra_columns=f"WATERMARK FOR window_end AS window_end - INTERVAL '{lag_s}' SECOND",
         )
     )
     ms = "CAST(TIMESTAMPDIFF(SECOND, TIMESTAMP '1970-01-01 00:00:00', {c}) AS BIGINT) * 1000"
+    # Only the detectors' windows (config.window_ms, the per-sensor tumbling minute): the topic also
+    # carries 5-minute hopping rows for the same sensors, and letting them in made each key's
+    # verdicts depend on how the two window kinds happened to interleave in the topic (a replay of
+    # the same offsets then disagreed with the live run).
+    length = f"{ms.format(c='window_end')} - {ms.format(c='window_start')}"
     source = t_env.sql_query(
         "SELECT domain, key_kind, key_id, metric, "
         f"{ms.format(c='window_start')} AS window_start, {ms.format(c='window_end')} AS window_end, "
-        "samples, `mean`, `min`, `max` FROM aggregates WHERE revision = 0"
+        "samples, `mean`, `min`, `max` FROM aggregates "
+        f"WHERE revision = 0 AND key_kind = 'sensor' AND {length} = {int(config.window_ms)}"
     )
     rows = t_env.to_data_stream(source).map(lambda r: Row(*r), output_type=INPUT_TYPE)
     out = detect(rows, config)
@@ -361,10 +381,10 @@ def run(
             kafka_table(
                 f"{kind}_sink",
                 record,
-                topic=settings.topic(topic),
+                topic=settings.topic(topic) + output_suffix,
                 bootstrap=settings.kafka_bootstrap,
                 sink=True,
-                transactional_id_prefix=f"{settings.topic_prefix}detect-{kind}",
+                transactional_id_prefix=f"{settings.topic_prefix}detect-{kind}{output_suffix}",
                 key_field=key,
                 security=security,
             )

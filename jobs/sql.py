@@ -83,6 +83,7 @@ def kafka_table(
     transactional_id_prefix: str | None = None,
     key_field: str | None = None,
     security: Mapping[str, str] | None = None,
+    offsets: Mapping[int, tuple[int, int]] | None = None,
 ) -> str:
     """``CREATE TEMPORARY TABLE`` for an Avro-encoded Kafka topic.
 
@@ -91,6 +92,8 @@ def kafka_table(
     ``key_field`` (a STRING or BYTES column) becomes the record key as raw
     bytes: topics that are compacted refuse unkeyed records, and a key keeps
     one sensor's (or alert's) records in order on one partition.
+    ``offsets`` (partition -> [start, end)) makes a source read exactly that
+    range and stop (:func:`offset_options`; replays), whatever ``bounded`` says.
     ``security`` (:func:`citystream.kafkaconf.flink`) holds a password: never log the DDL.
     """
     cols = columns(record) + (f", {extra_columns}" if extra_columns else "")
@@ -109,8 +112,37 @@ def kafka_table(
         options["properties.isolation.level"] = "read_committed"
         if bounded:
             options["scan.bounded.mode"] = "latest-offset"
+        if offsets is not None:
+            options.update(offset_options(offsets))
     opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
     return f"CREATE TEMPORARY TABLE `{table}` (\n  {cols}\n) WITH (\n  {opts}\n)"
+
+
+def offset_options(offsets: Mapping[int, tuple[int, int]]) -> dict[str, str]:
+    """Source options that read exactly ``[start, end)`` of every partition given, then stop.
+
+    Why also no offset commits: a replay reads under its own group id, and
+    committing would still leave a group behind that looks like a consumer;
+    the range, not the group, says what was read. Every partition of the
+    topic must be listed (an unlisted one would be read from the committed
+    or earliest offset and never end).
+    """
+    if not offsets:
+        raise ValueError("offsets must name at least one partition")
+    bad = {p: r for p, r in offsets.items() if not 0 <= int(r[0]) <= int(r[1])}
+    if bad:
+        raise ValueError(f"offset ranges must satisfy 0 <= start <= end: {bad}")
+
+    def spec(i: int) -> str:
+        return ";".join(f"partition:{int(p)},offset:{int(r[i])}" for p, r in sorted(offsets.items()))
+
+    return {
+        "scan.startup.mode": "specific-offsets",
+        "scan.startup.specific-offsets": spec(0),
+        "scan.bounded.mode": "specific-offsets",
+        "scan.bounded.specific-offsets": spec(1),
+        "properties.commit.offsets.on.checkpoint": "false",
+    }
 
 
 def delivery(transactional_id_prefix: str | None) -> dict[str, str]:

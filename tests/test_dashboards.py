@@ -37,6 +37,7 @@ from citystream.dashboards.factories import DATASOURCE_TYPE, DATASOURCE_UID
 from citystream.errors import UserError
 from citystream.proc import free_port
 from citystream.settings import ROOT, Settings
+from tests.conftest import stack_settings
 
 SHARED_GRAFANA = ROOT.parent / "shared" / "grafana"
 PROVISIONING = ROOT / "infra" / "grafana" / "provisioning"
@@ -362,6 +363,7 @@ def test_uids_are_fixed_unique_and_well_formed() -> None:
         "citystream-traffic",
         "citystream-water",
         "citystream-pipeline",
+        "citystream-backtests",
     }
     assert len(MODELS) == len(build.generate()) == len(UIDS)  # generate() refuses duplicates
     assert {uid: model["title"] for uid, model in MODELS.items()} == UIDS
@@ -626,24 +628,48 @@ RANGES = {
     "7d hourly": TimeRange(T0 - timedelta(days=4), T0 + timedelta(days=3), interval_s=600),
     "120d daily": TimeRange(T0 - timedelta(days=60), T0 + timedelta(days=60), interval_s=3 * 3600),
 }
-SELECTED = {"zone": [ZONE, "dash-z'02"], "sensor": [SENSOR, "dash-o'brien"], "domain": ["grid", "water"]}
+SELECTED = {
+    "zone": [ZONE, "dash-z'02"],
+    "sensor": [SENSOR, "dash-o'brien"],
+    "domain": ["grid", "water"],
+    "config": ["default", "o'tuned"],
+    "run": ["dash-run-1", "dash-run'2"],
+}
 
 
 @pytest.fixture(scope="module", params=["windows", "sealed"])
-def store_data(store: Any, request: pytest.FixtureRequest) -> Settings:
+def store_data(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Settings]:
     """A corrected window (revisions 0 and 1, the latter delivered twice) and a zone for two sensors.
 
     In a database of its own, migrated like the real one, so that no other
     test's counts see these rows. Separate inserts land in separate parts, so
     the superseded revision and the duplicate are still there unmerged when the
     panels read. Twice: as loaded (every hour dirty: panels read the windows
-    themselves) and sealed (panels read the rollups, migration 0005).
+    themselves) and sealed (panels read the rollups, migration 0005). Each in a store
+    of its own whose project database it is: the read-only user reads that one only.
     """
+    from citystream.stack import Store
+
+    settings = stack_settings(
+        tmp_path_factory.mktemp(f"dash_{request.param}"),
+        clickhouse_database=f"dashboards_test_{request.param}",
+    )
+    server = Store(settings, loader=False)
+    server.start()
+    try:
+        _load_store_data(settings, request.param)
+        yield settings
+    finally:
+        server.stop()
+
+
+def _load_store_data(settings: Settings, param: str) -> None:
     from citystream.store.client import connect
     from citystream.store.migrate import migrate
     from citystream.store.rollups import seal
 
-    settings: Settings = store.settings.replace(clickhouse_database=f"dashboards_test_{request.param}")
     migrate(settings)
     client = connect(settings)
     cols = [
@@ -737,11 +763,10 @@ def store_data(store: Any, request: pytest.FixtureRequest) -> Settings:
                 "explanation",
             ],
         )
-        if request.param == "sealed":
+        if param == "sealed":
             assert seal(client, grace_s=0).hours == 1
     finally:
         client.close()
-    return settings
 
 
 @pytest.fixture(scope="module")

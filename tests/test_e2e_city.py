@@ -18,6 +18,12 @@ delivery order is the simulator's arrival order; the jobs emit a watermark
 after every reading (``--watermark-on-event``) with the simulator's
 out-of-order bound, so a reading is behind the watermark exactly when the
 simulator delayed it past that bound.
+
+Secured as a deployment should be: a broker of its own over SASL_SSL with the
+ACLs (the simulator writes as ``producer``, the jobs read and write as
+``jobs``, the loader reads as ``loader``), and a store with generated
+passwords. The children get the settings without any secret in their
+environment; a last test greps every output and log of the run for each secret.
 """
 
 from __future__ import annotations
@@ -26,17 +32,21 @@ import json
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from citystream import demo
+from citystream import demo, kafkaconf
 from citystream.catalog import DOMAIN_NAMES
 from citystream.connectors.loader import load
 from citystream.proc import child_env
-from citystream.settings import ROOT
+from citystream.settings import ROOT, Settings
+from citystream.stack import Kafka, Store, acl
+from citystream.stack.store import credentials
 from citystream.store.migrate import migrate
 from citystream.topics import ensure_topics, list_topics
+from tests.conftest import stack_settings
 
 pytestmark = pytest.mark.integration
 
@@ -56,21 +66,37 @@ def _cli() -> str:
 
 
 @pytest.fixture(scope="module")
-def city(kafka, store, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Simulate, run the three jobs, load: returns settings, the summary and the read-back readings."""
+def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A secured broker and store; simulate, run the three jobs, load: settings, summary, readings."""
     tmp = tmp_path_factory.mktemp("e2e")
     # One partition per topic: the topic's order is then the simulator's arrival order.
     spec = tmp / "topics.toml"
     text = (ROOT / "infra" / "topics.toml").read_text()
     assert "partitions = 3" in text
     spec.write_text(text.replace("partitions = 3", "partitions = 1"))
-    settings = kafka.settings_.replace(
-        topic_prefix="e2e.", clickhouse_database="e2e", run_dir=tmp / "run", topics_spec=spec
-    )
-    ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec)
+    settings = stack_settings(
+        tmp / "run", topic_prefix="e2e.", clickhouse_database="e2e", topics_spec=spec,
+        kafka_security=kafkaconf.SASL_SSL,
+    )  # fmt: skip
+    settings = credentials(settings)  # the store users' passwords, generated
+    broker, store = Kafka(settings), Store(settings, loader=False)
+    try:
+        broker.start()
+        store.start()
+        yield _run_city(settings, tmp)
+    finally:
+        store.stop()
+        broker.stop()
+
+
+def _run_city(settings: Settings, tmp: Path) -> dict:
+    admin = kafkaconf.kafka_python(settings, "admin")
+    ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topics_spec, security=admin)
+    acl.grant(settings)
     migrate(settings)
 
-    env = child_env(settings.to_env())  # without the in-process PyFlink state of earlier tests
+    # No secret in the children's environment: the jobs read their Kafka user from the run dir.
+    env = child_env(settings.to_env(secrets=False))  # without the in-process PyFlink state of earlier tests
     summary_file = tmp / "summary.json"
     done = subprocess.run(
         [_cli(), "simulate", *SIM, "--summary-json", str(summary_file), "--labels-file", str(tmp / "lb")],
@@ -90,19 +116,23 @@ def city(kafka, store, tmp_path_factory: pytest.TempPathFactory) -> dict:
         )
         for name in DOMAINS
     }
-    failed = {}
+    failed, outputs = {}, {"simulate": done.stdout + done.stderr}
     for name, proc in jobs.items():
         out, _ = proc.communicate(timeout=1200)
+        outputs[f"jobs run {name}"] = out
         if proc.returncode != 0:
             failed[name] = out[-3000:]
     assert not failed, failed
 
-    parts = {t.name: t.partitions for t in list_topics(settings.kafka_bootstrap, settings.topic_prefix, spec)}
+    spec = settings.topics_spec
+    topics = list_topics(settings.kafka_bootstrap, settings.topic_prefix, spec, security=admin)
+    parts = {t.name: t.partitions for t in topics}
     assert set(parts.values()) == {1}, parts  # nothing grew them back to the default spec
 
-    stats = load(settings, until_end=True, group_id="e2e-loader")
+    stats = load(settings, until_end=True, group_id="citystream-loader-e2e")
     assert stats.undecodable == 0
-    return {"settings": settings, "summary": summary, "readings": demo.read_back(settings, DOMAINS)}
+    readings = demo.read_back(settings, DOMAINS)
+    return {"settings": settings, "summary": summary, "readings": readings, "outputs": outputs}
 
 
 @pytest.mark.parametrize("domain", sorted(DOMAINS))
@@ -184,3 +214,19 @@ def test_silent_sensors_reported(city: dict, domain: str) -> None:
         )
     }
     assert long_quiet <= reported <= quiet
+
+
+@pytest.mark.security
+def test_no_secret_in_the_run_output(city: dict) -> None:
+    """The simulator's and jobs' output, the broker's and the store's logs: no secret of the run."""
+    settings: Settings = city["settings"]
+    store = [settings.clickhouse_password, settings.clickhouse_viewer_password]
+    found = [*kafkaconf.secret_values(settings), *store]
+    assert len(found) == 9 and all(found)
+    texts = dict(city["outputs"])
+    for log in (settings.run_dir / "kafka" / "kafka.log", settings.run_dir / "store" / "store.log"):
+        texts[log.name] = log.read_text(errors="replace")
+    assert "jobs run detect" not in texts and len(texts) == 6
+    for where, text in texts.items():
+        for secret in found:
+            assert secret not in text, f"a secret of the run appears in {where}"

@@ -17,15 +17,17 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from citystream import contracts, kafkaconf
+from citystream.cli import main
 from citystream.connectors.loader.kafka import consumer_config
 from citystream.connectors.producer import DeliveryError, ReadingProducer
 from citystream.errors import UserError
 from citystream.jobs.sql import kafka_table
 from citystream.settings import Settings
-from citystream.stack import Kafka
+from citystream.settings import load as load_settings
+from citystream.stack import Kafka, acl
 from citystream.stack.kafka import ensure_material
 from citystream.topics import ensure_topics, list_topics
 from tests.conftest import stack_settings
@@ -44,6 +46,8 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     broker = Kafka(settings)
     broker.start()
     try:
+        acl.grant(settings)
+        acl.grant(settings.replace(topic_prefix="secjob."))
         yield settings
     finally:
         broker.stop()
@@ -51,7 +55,9 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 def _secrets(settings: Settings) -> list[str]:
     found = kafkaconf.load_secrets(settings)
-    return [*found["users"].values(), found["keystore"], found["ca"]]
+    values = [*found["users"].values(), found["keystore"], found["ca"], found["controller"]]
+    assert sorted(kafkaconf.secret_values(settings)) == sorted(values)
+    return values
 
 
 def _grid_reading(i: int) -> dict:
@@ -100,13 +106,19 @@ def test_material_is_private_and_reused(secure: Settings) -> None:
 def test_listener_is_sasl_ssl_only_and_no_auto_create(secure: Settings) -> None:
     props = (secure.run_dir / "kafka" / "server.properties").read_text()
     assert f"listeners=SASL_SSL://127.0.0.1:{secure.kafka_port},CONTROLLER://" in props
-    assert "PLAINTEXT://" not in props
+    assert "PLAINTEXT" not in props  # the controller listener too: no anonymous super user
+    assert "listener.security.protocol.map=CONTROLLER:SASL_SSL,SASL_SSL:SASL_SSL" in props
     assert "auto.create.topics.enable=false" in props
+    assert "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer" in props
+    assert "super.users=User:admin;User:controller\n" in props
+    assert "allow.everyone.if.no.acl.found=false" in props
 
 
 def test_unauthenticated_client_is_refused(secure: Settings) -> None:
     # PLAINTEXT against the TLS listener: the broker closes the connection, no metadata.
     _auth_errors({"bootstrap.servers": secure.kafka_bootstrap})
+    # Nor through the controller's listener (TLS and its own user there too).
+    _auth_errors({"bootstrap.servers": f"127.0.0.1:{secure.kafka_controller_port}"})
     # TLS but no SASL: the broker closes the connection.
     tls_only = {
         "bootstrap.servers": secure.kafka_bootstrap,
@@ -133,8 +145,9 @@ def test_wrong_password_is_refused(secure: Settings) -> None:
 
 
 def _consume(settings: Settings, topic: str, want: int) -> list[bytes]:
-    """Read ``want`` records of ``topic`` as the loader does (its config, its user)."""
-    consumer = Consumer({**consumer_config(settings, "sec-test"), "enable.partition.eof": False})
+    """Read ``want`` records of input ``topic`` as the jobs user (in a group of the grid job)."""
+    config = {**kafkaconf.confluent(settings, "jobs"), "group.id": "citystream-grid"}
+    consumer = Consumer({**config, "auto.offset.reset": "earliest", "enable.partition.eof": False})
     values: list[bytes] = []
     try:
         consumer.subscribe([topic])
@@ -171,7 +184,7 @@ def test_missing_topic_is_not_auto_created(secure: Settings) -> None:
     typo = secure.topic("readings.gird")
     with pytest.raises(DeliveryError), ReadingProducer.from_settings(secure, delivery_timeout_ms=3000) as p:
         p.send(typo, "citystream.GridReading", _grid_reading(0))
-    consumer = Consumer(consumer_config(secure, "sec-typo"))
+    consumer = Consumer(consumer_config(secure, "citystream-loader-sec-typo"))
     try:
         consumer.subscribe([typo])
         consumer.consume(num_messages=1, timeout=3.0)
@@ -197,7 +210,7 @@ def test_flink_options_carry_the_jobs_user_and_redact(secure: Settings) -> None:
 
 def _drain(settings: Settings, topic: str, idle_s: float = 8.0) -> list[bytes]:
     """Every committed record of ``topic``, as the loader's user, until it stays quiet ``idle_s``."""
-    consumer = Consumer({**consumer_config(settings, "sec-drain"), "enable.partition.eof": False})
+    consumer = Consumer({**consumer_config(settings, "citystream-loader-sec"), "enable.partition.eof": False})
     values: list[bytes] = []
     try:
         consumer.subscribe([topic])
@@ -279,3 +292,98 @@ def test_no_secret_in_logs_or_config(
     for secret in _secrets(secure):
         for where, text in texts.items():
             assert secret not in text, f"a generated secret appears in the {where}"
+
+
+# --------------------------------------------------------------------------- ACLs and the run dir
+
+
+def _authorization_error(err: KafkaError | None) -> bool:
+    codes = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED}
+    return err is not None and (err.code() in codes or err.code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED)
+
+
+def _visible_topics(settings: Settings, user: str) -> set[str]:
+    """The topics ``user``'s metadata shows under the prefix: Kafka hides what a user may not describe."""
+    admin = AdminClient({**kafkaconf.confluent(settings, user), "logger": logging.getLogger("test.acl")})
+    return {t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)}
+
+
+def _read_refused(settings: Settings, user: str, topic: str, group: str) -> KafkaError:
+    """The error ``user`` gets reading ``topic`` from its start (asserts one comes)."""
+    config = {**kafkaconf.confluent(settings, user), "group.id": group, "auto.offset.reset": "earliest"}
+    consumer = Consumer({**config, "logger": logging.getLogger("test.acl")})
+    try:
+        consumer.subscribe([topic])
+        for _ in range(20):
+            for msg in consumer.consume(num_messages=10, timeout=1.0):
+                assert msg.error() is not None, f"{user} read a record of {topic}"
+                if _authorization_error(msg.error()):
+                    return msg.error()
+    finally:
+        consumer.close()
+    raise AssertionError(f"{user} reading {topic} got no authorization error")
+
+
+def test_acls_confine_each_user(secure: Settings) -> None:
+    """Producer writes inputs only, the loader reads results only; nobody but admin makes topics."""
+    admin = kafkaconf.kafka_python(secure, "admin")
+    ensure_topics(secure.kafka_bootstrap, secure.topic_prefix, secure.topics_spec, security=admin)
+    p = secure.topic_prefix
+    inputs = {f"{p}readings.{d}" for d in ("traffic", "water", "grid")} | {f"{p}labels"}
+    assert _visible_topics(secure, "producer") == inputs
+    assert f"{p}aggregates" in _visible_topics(secure, "loader")
+    assert not any(
+        ".readings." in t or t.startswith(f"{p}readings") for t in _visible_topics(secure, "loader")
+    )
+    # The producer may neither read a result topic nor write one.
+    err = _read_refused(secure, "producer", secure.topic("aggregates"), "citystream-loader-evil")
+    assert _authorization_error(err)
+    with (
+        pytest.raises(DeliveryError),
+        ReadingProducer.from_settings(secure, delivery_timeout_ms=5000) as prod,
+    ):
+        prod.send(secure.topic("aggregates"), "citystream.GridReading", _grid_reading(0))
+    # The loader may not read the raw readings; the jobs user may not join the loader's groups.
+    assert _authorization_error(
+        _read_refused(secure, "loader", secure.topic("readings.grid"), "citystream-loader-x")
+    )
+    assert _authorization_error(
+        _read_refused(secure, "jobs", secure.topic("aggregates"), "citystream-loader-x")
+    )
+    for user in ("producer", "jobs", "loader"):
+        client = AdminClient({**kafkaconf.confluent(secure, user), "logger": logging.getLogger("test.acl")})
+        futures = client.create_topics([NewTopic(f"{p}evil-{user}", 1, 1)], request_timeout=10)
+        with pytest.raises(KafkaException) as refused:
+            next(iter(futures.values())).result()
+        assert _authorization_error(refused.value.args[0]), refused.value
+    assert not any(
+        "evil" in t for t in _visible_topics(secure, "producer") | _visible_topics(secure, "loader")
+    )
+
+
+def test_run_dir_remembers_secure_mode(
+    secure: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a --secure start, commands need no variable: settings come from the run dir."""
+    env = {"CITYSTREAM_RUN_DIR": str(secure.run_dir), "CITYSTREAM_KAFKA_PORT": str(secure.kafka_port)}
+    assert load_settings(env).kafka_security == kafkaconf.SASL_SSL
+    assert load_settings({**env, "CITYSTREAM_KAFKA_SECURITY": "plaintext"}).kafka_security == "plaintext"
+    # An external broker is not this run dir's: nothing is assumed about it.
+    external = {**env, "CITYSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    assert load_settings(external).kafka_security == kafkaconf.PLAINTEXT
+    # Contradicting the run dir is refused with the fix, not answered with a broken broker.
+    with pytest.raises(UserError, match="started --secure"):
+        Kafka(secure.replace(kafka_security="plaintext")).start()
+    # A real command with only the run dir and ports: it lists the topics over SASL_SSL.
+    for var in ("CITYSTREAM_KAFKA_SECURITY", "CITYSTREAM_KAFKA_SECRETS_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in {**env, "CITYSTREAM_TOPIC_PREFIX": secure.topic_prefix}.items():
+        monkeypatch.setenv(var, value)
+    ensure_topics(secure.kafka_bootstrap, secure.topic_prefix, secure.topics_spec,
+                  security=kafkaconf.kafka_python(secure, "admin"))  # fmt: skip
+    assert main(["topics", "list"]) == 0
+    assert secure.topic("readings.grid") in capsys.readouterr().out
+    main(["stack", "status"])  # the store and Flink are not started here: only Kafka's line counts
+    out = capsys.readouterr().out
+    assert "SASL_SSL" in next(line for line in out.splitlines() if line.startswith("kafka ")), out
+    assert "kafka security: sasl_ssl" in out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -33,6 +34,11 @@ def test_migration_files_are_numbered_and_idempotent_by_construction() -> None:
                 assert "IF NOT EXISTS" in head or "OR REPLACE" in head, f"{m.path.name}: {head}"
             elif head.startswith("DROP"):
                 assert "IF EXISTS" in head, f"{m.path.name}: {head}"
+            elif head.startswith("ALTER TABLE"):
+                # 0006: only columns added, each IF NOT EXISTS
+                clauses = re.split(r"\bADD\s+COLUMN\b", statement, flags=re.IGNORECASE)[1:]
+                assert clauses and not re.search(r"\b(DROP|MODIFY|RENAME|DELETE|UPDATE)\b", statement.upper())
+                assert all(c.split()[:3] == ["IF", "NOT", "EXISTS"] for c in clauses), m.path.name
             else:
                 # The only data statements are the rollup backfills (0004: maxMap makes them
                 # repeatable; 0005: marking an hour dirty again only makes it be sealed again).
@@ -237,11 +243,13 @@ def test_upgrade_from_the_previous_version_backfills_rollups(fresh_db: Settings)
         assert latest == [(0, 1, 12), (60_000, 1, 11), (120_000, 0, 5)]
     finally:
         client.close()
-    viewer = _client(fresh_db, readonly=True)
+    # The rollup views read under readonly=1 (as the viewer does; the viewer itself reads
+    # only the store's project database, not this test's own one).
+    reader = _client(fresh_db)
     try:
-        assert viewer.command("SELECT count() FROM window_aggregates_hourly") == 1
+        assert reader.command("SELECT count() FROM window_aggregates_hourly", settings={"readonly": 1}) == 1
     finally:
-        viewer.close()
+        reader.close()
 
 
 def _assert_hourly(client, *, windows: int, samples: int, mean: float, lo: float, hi: float) -> None:

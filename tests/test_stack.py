@@ -73,13 +73,14 @@ def test_stack_lifecycle_with_demo(
 
         code, out = _status_cli(settings, monkeypatch, capsys)
         assert code == 0, out
-        assert [line.split()[1] for line in out.splitlines()[1:]] == ["healthy"] * 3, out
+        assert [line.split()[1] for line in out.splitlines()[1:4]] == ["healthy"] * 3, out
+        assert out.splitlines()[4] == "kafka security: plaintext", out
 
         stack.down(settings, echo=lambda *a, **k: None)
         assert _processes_mentioning(run_dir) == []
         code, out = _status_cli(settings, monkeypatch, capsys)
         assert code == 1
-        assert [line.split()[1] for line in out.splitlines()[1:]] == ["stopped"] * 3, out
+        assert [line.split()[1] for line in out.splitlines()[1:4]] == ["stopped"] * 3, out
 
         # Up again: the broker's topics and the store's rows are still there.
         assert stack.up(settings, echo=lambda *a, **k: None) == settings  # the same passwords

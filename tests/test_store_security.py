@@ -57,12 +57,14 @@ def engine_conn() -> Iterator[object]:
 
 def _verdict(conn: object, text: str, readonly: bool, binds: dict[str, str] | None = None) -> int:
     """0 when the policy accepts ``text``; else the ClickHouse error code of the refusal."""
+    import chdb
+
     from citystream.chserver.policy import Policy, Who, inspect, table_functions
 
     who = Who("viewer" if readonly else "default", readonly, frozenset({"srv"}) if readonly else None, "srv")
     try:
         canonical, tree = inspect(conn, text, binds or {})
-        Policy(table_functions(conn)).check(who, canonical, tree)
+        Policy(table_functions(conn), lambda: chdb.connect(":memory:")).check(who, canonical, tree)
     except StoreError as err:
         return err.code
     except Exception as exc:  # an engine parse error: refused before anything runs
@@ -162,7 +164,8 @@ LEGITIMATE_FOR_WRITER = [
     "INSERT INTO srv.t (a, ts) FORMAT Native",
     "INSERT INTO srv.t SELECT number, now() FROM numbers(10)",
     "SET max_threads = 3",
-    "SELECT 1 SETTINGS max_threads = 1",
+    "SET max_threads = 1",
+    "ALTER TABLE srv.t MODIFY SETTING ttl_only_drop_parts = 1",
     "KILL QUERY WHERE query_id = 'x'",
     "OPTIMIZE TABLE srv.t FINAL",
     "SELECT {n:UInt32} + 1",

@@ -20,7 +20,12 @@ Modules (each states its contract in its header):
 * :mod:`~citystream.chserver.engine` - the chdb engine, its connections and sessions.
 * :mod:`~citystream.chserver.wire` - compressed blocks, HTTP codings, Native re-framing;
   :mod:`~citystream.chserver.cityhash` - the block checksum.
-* :mod:`~citystream.chserver.sqltext` - statement classification and splitting.
+* :mod:`~citystream.chserver.policy` - who may run what, on the engine's own parse;
+  :mod:`~citystream.chserver.external` - external data tables of a request;
+  :mod:`~citystream.chserver.params` - URL parameters and statement text as bytes.
+* :mod:`~citystream.chserver.native` - Native blocks for a client's protocol revision.
+* :mod:`~citystream.chserver.sqltext` - where an INSERT's inline data starts (routing only:
+  no decision of the policy rests on it).
 * :mod:`~citystream.chserver.errors` - ClickHouse error codes and HTTP statuses.
 
 Nothing is imported eagerly: ``import citystream.chserver.sqltext`` does not load chdb.

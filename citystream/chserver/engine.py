@@ -12,9 +12,10 @@ Contract:
   an "anchor" connection held by the engine keeps the engine alive between
   requests, and closing it last shuts the engine down and flushes data.
 * :class:`Sessions` maps ``(user, session_id)`` to a long-lived connection, as
-  ClickHouse sessions do (settings, ``USE`` and temporary tables persist); a
-  session is used by one request at a time (SESSION_IS_LOCKED otherwise) and
-  expires after its timeout.
+  ClickHouse sessions do (``SET``, ``USE`` and temporary tables persist; a
+  request's URL settings and ``database`` do not, see
+  :mod:`~citystream.chserver.scope`); a session is used by one request at a
+  time (SESSION_IS_LOCKED otherwise) and expires after its timeout.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Engine:
             self._anchor: Any = chdb.connect(self.path)
             row = self._anchor.query(_INFO_QUERY, "TabSeparated").bytes().decode()
             version, tz, display, revision = row.rstrip("\n").split("\t")
-            names = self._anchor.query("SELECT name FROM system.settings", "TabSeparated").bytes()
+            names = self._anchor.query("SELECT name, value FROM system.settings", "TabSeparatedRaw").bytes()
             functions = self._anchor.query("SELECT name FROM system.table_functions", "TabSeparated").bytes()
         except BaseException:
             self._release_lock()
@@ -82,8 +83,12 @@ class Engine:
         self.timezone = tz
         self.display_name = display
         self.revision = int(revision)
+        #: Each query-level setting's value on a fresh connection (what a session returns to).
+        self.defaults: dict[str, str] = dict(
+            line.split("\t", 1) for line in names.decode().splitlines() if "\t" in line
+        )
         #: Query-level settings the engine accepts (aliases included).
-        self.settings: frozenset[str] = frozenset(names.decode().split())
+        self.settings: frozenset[str] = frozenset(self.defaults)
         #: Table-function names (lowercase): every one of them may reach files, URLs or processes.
         self.table_functions: frozenset[str] = frozenset(functions.decode().lower().split())
 
@@ -126,10 +131,12 @@ class Session:
     timeout: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     expires: float = 0.0
-    #: Settings already applied with SET, so a repeated URL setting is not re-applied
-    #: (which would fail once the session is read-only).
-    applied: dict[str, str] = field(default_factory=dict)
-    readonly: int = 0
+    #: Settings the session's own ``SET`` statements changed, with their values.
+    baseline: dict[str, str] = field(default_factory=dict)
+    #: The database the session's own ``USE`` chose (None: the connection's first one).
+    database: str | None = None
+    #: Set when a request could not put the connection back as the session left it.
+    broken: bool = False
 
 
 class Sessions:
@@ -167,6 +174,11 @@ class Sessions:
         return session
 
     def release(self, session: Session) -> None:
+        if session.broken:
+            with self._guard:
+                if self._by_key.get(session.key) is session:
+                    del self._by_key[session.key]
+            close_quietly(session.conn)
         session.expires = time.monotonic() + session.timeout
         session.lock.release()
 

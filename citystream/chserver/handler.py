@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import email.parser
+import io
 import json
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from citystream.chserver import wire
 from citystream.chserver.config import ServerConfig, User
 from citystream.chserver.engine import Engine
-from citystream.chserver.errors import NOT_IMPLEMENTED, UNKNOWN_EXCEPTION, StoreError, http_status
+from citystream.chserver.errors import HOSTILE_CODES, UNKNOWN_EXCEPTION, StoreError, http_status
+from citystream.chserver.params import query_params
 from citystream.chserver.request import (
     Body,
     Outcome,
@@ -27,10 +31,13 @@ from citystream.chserver.request import (
     snippet,
     truthy,
 )
+from citystream.chserver.results import Encoder, exception_block, exception_tag
+from citystream.chserver.slots import GatedChunks, ReaderWork, Slots
 
 log = logging.getLogger("citystream.chserver")
 
-#: An unread request body up to this size is drained after an error so keep-alive survives.
+#: An unread request body up to this size is drained after an error so keep-alive survives
+#: (and a client still sending reads the error instead of a reset).
 MAX_DRAIN = 16 << 20
 _BUSY_TEXT = b"Code: 202. DB::Exception: Too many open connections. (TOO_MANY_SIMULTANEOUS_QUERIES)\n"
 _BUSY = (
@@ -51,6 +58,8 @@ class Backend(Protocol):
 
     config: ServerConfig
     engine: Engine
+    reader_work: ReaderWork
+    slots: Slots
 
     def begin(self) -> None: ...
 
@@ -112,10 +121,54 @@ class Handler(BaseHTTPRequestHandler):
     # still wait for the delayed-ACK timer (~40 ms) on every response.
     disable_nagle_algorithm = True
     server: HTTPServer
+    _gate: GatedChunks | None = None
+    _writing = False
+    _niced = 0
 
     def setup(self) -> None:
-        self.timeout = self.server.store.config.idle_connection_timeout_s
+        config = self.server.store.config
+        self.timeout = config.receive_timeout_s
         super().setup()
+        # Reads go through a deadline: a client must send its headers (and its query text)
+        # in bounded time however slowly it dribbles them, or its connection is closed.
+        self._deadline = DeadlineReader(self.connection, config.receive_timeout_s)
+        self.rfile = io.BufferedReader(self._deadline, 1 << 16)
+
+    def handle_one_request(self) -> None:
+        config = self.server.store.config
+        self._deadline.arm(config.keep_alive_timeout_s)
+        try:
+            waiting = self.rfile.peek(1)
+        except OSError:  # the keep-alive wait timed out, or the client went away
+            waiting = b""
+        if not waiting:
+            self.close_connection = True
+            return
+        self._deadline.arm(config.header_timeout_s)
+        super().handle_one_request()
+
+    def _nice(self, level: int) -> None:
+        """Run this connection's thread at nice ``level``: a reader's work yields the CPU to the loader.
+
+        The engine runs much of a statement in the calling thread, so a read-only
+        user's requests are served by a niced thread. Raising the value is always
+        allowed; lowering it back may not be (without CAP_SYS_NICE), and then the
+        thread just stays nicer.
+        """
+        if level != self._niced:
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), level)
+                self._niced = level
+
+    def _release_gate(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.release()
+
+    def relax_deadline(self) -> None:
+        """The statement is read: the body's data may take long, if each read makes progress."""
+        self._deadline.arm(None)
+        self._release_gate()
 
     def version_string(self) -> str:
         return self.server.store.config.server_name
@@ -140,9 +193,11 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         store = self.server.store
         started = time.perf_counter()
+        # From the headers on, the query text has request_timeout_s to arrive (then, see relax_deadline).
+        self._deadline.arm(store.config.request_timeout_s)
         split = urlsplit(self.path)
         path = split.path.rstrip("/") or "/"
-        params = dict(parse_qsl(split.query, keep_blank_values=True))
+        params = query_params(split.query)  # param_ values keep bytes that are not UTF-8
         body = Body(self)
         refusal = self._foreign(store.config)
         if refusal:
@@ -169,16 +224,34 @@ class Handler(BaseHTTPRequestHandler):
         }
         user_name = "-"
         outcome: Outcome | None = None
+        tag = exception_tag()
+        base_headers["X-ClickHouse-Exception-Tag"] = tag
         try:
             store.begin()
             try:
                 user = store.authenticate(self.headers, params)
                 user_name = user.name
-                chunks = self._request_chunks(body.raw(), params)
+                raw: Iterator[bytes] = body.raw()
+                self._nice(store.config.reader_nice if user.readonly else 0)
+                if user.readonly:
+                    store.slots.yield_to_writers()
+                    raw = self._gate = store.reader_work.gated(raw)
+                else:
+                    store.slots.writing(+1)
+                    self._writing = True
+                chunks = self._request_chunks(body, raw, params)
                 outcome = store.execute(user, self.command, params, self.headers, body, chunks)
+                self.connection.settimeout(store.config.receive_timeout_s)  # a reader must keep up
+                try:
+                    sent = self._respond(outcome, base_headers, params, tag)
+                finally:
+                    outcome.finish()
             finally:
+                self._release_gate()
+                if self._writing:
+                    self._writing = False
+                    store.slots.writing(-1)
                 store.end()
-            payload = self._respond(outcome, base_headers, params)
             log.debug(
                 "%s %s %s fmt=%s rows=%d bytes=%d %.1fms query_id=%s: %s",
                 user_name,
@@ -186,13 +259,17 @@ class Handler(BaseHTTPRequestHandler):
                 outcome.kind or "-",
                 outcome.fmt or "-",
                 outcome.rows,
-                len(payload),
+                sent,
                 (time.perf_counter() - started) * 1000,
                 query_id,
                 outcome.query,
             )
         except StoreError as err:
             self._fail(err, base_headers, body, user_name, params)
+        except TimeoutError:
+            # A client too slow to send its request: drop it without an answer it would not read.
+            self.close_connection = True
+            log.warning("%s %s: client too slow to send its request; connection closed", user_name, path)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as exc:  # a bug in the store: still answer like a server would
@@ -205,35 +282,80 @@ class Handler(BaseHTTPRequestHandler):
                 params,
             )
 
-    def _respond(self, outcome: Outcome, base_headers: Mapping[str, str], params: Mapping[str, str]) -> bytes:
-        """Send a successful result (block-compressed and/or content-encoded on request); the payload."""
+    def _respond(
+        self, outcome: Outcome, base_headers: Mapping[str, str], params: Mapping[str, str], tag: str
+    ) -> int:
+        """Send a successful result (block-compressed and/or content-encoded on request); bytes sent."""
         headers = dict(base_headers)
         headers["X-ClickHouse-Summary"] = json.dumps(outcome.summary, separators=(",", ":"))
-        payload = outcome.body
         if outcome.fmt:
             headers["X-ClickHouse-Format"] = outcome.fmt
             headers["Content-Type"] = content_type(outcome.fmt)
         else:
             headers["Content-Type"] = "text/plain; charset=UTF-8"
-        if truthy(params.get("compress")) and payload:
-            method = (params.get("network_compression_method") or "LZ4").upper()
-            payload = b"".join(wire.compress_blocks(payload, method))
-        if truthy(params.get("enable_http_compression")) and payload:
+        block_method = None
+        if truthy(params.get("compress")):
+            block_method = (params.get("network_compression_method") or "LZ4").upper()
+        coding = None
+        if truthy(params.get("enable_http_compression")):
             coding = parse_accept_encoding(self.headers.get("Accept-Encoding", ""))
-            if coding:
-                payload = wire.encode_content(payload, coding)
-                headers["Content-Encoding"] = coding
+        if outcome.stream is not None:
+            return self._stream(outcome, headers, Encoder(block_method, coding), tag)
+        payload = outcome.body
+        if block_method and payload:
+            payload = b"".join(wire.compress_blocks(payload, block_method))
+        if coding and payload:
+            payload = wire.encode_content(payload, coding)
+            headers["Content-Encoding"] = coding
         self._send(200, payload, headers)
-        return payload
+        return len(payload)
 
-    def _request_chunks(self, raw: Iterator[bytes], params: dict[str, str]) -> Iterator[bytes]:
+    def _stream(self, outcome: Outcome, headers: dict[str, str], encoder: Encoder, tag: str) -> int:
+        """Send a result chunk by chunk; a failure mid-way ends it with the exception block."""
+        assert outcome.stream is not None
+        if encoder.coding:
+            headers["Content-Encoding"] = encoder.coding
+        chunked = self.request_version == "HTTP/1.1"
+        if not chunked:
+            self.close_connection = True  # HTTP/1.0: the end of the body is the end of the connection
+        headers["Transfer-Encoding" if chunked else "Connection"] = "chunked" if chunked else "close"
+        self.send_response(200)
+        for key, value in headers.items():
+            self.send_header(key, _header_safe(value))
+        self.end_headers()
+        sent = 0
+        try:
+            for chunk in outcome.stream:
+                if self._gate is not None:  # a reader: each block gives way to the loader first
+                    self.server.store.slots.yield_to_writers()
+                sent += self._write_chunk(encoder.encode(chunk), chunked)
+        except StoreError as err:
+            # Headers and data are out: the error goes at the end of the stream, as a server does.
+            self.close_connection = True
+            log.warning("mid-stream error code=%d %s: %s", err.code, str(err)[:300], outcome.query)
+            text = err.body(self.server.store.engine.version)
+            sent += self._write_chunk(encoder.encode(exception_block(tag, text)), chunked)
+        finally:
+            outcome.stream.close()  # type: ignore[attr-defined]
+        sent += self._write_chunk(encoder.finish(), chunked)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        return sent
+
+    def _write_chunk(self, data: bytes, chunked: bool) -> int:
+        if data:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+        return len(data)
+
+    def _request_chunks(self, body: Body, raw: Iterator[bytes], params: dict[str, str]) -> Iterator[bytes]:
         config = self.server.store.config
         ctype = self.headers.get("Content-Type", "")
         encoding = self.headers.get("Content-Encoding", "")
         if ctype.lower().startswith("multipart/form-data"):
             # A form holds the query and parameters only: bounded like a query text.
             data = b"".join(decoded(raw, encoding, False, config.max_query_bytes))
-            self._form_fields(ctype, data, params)
+            body.files = self._form_fields(ctype, data, params)
             return iter(())
         limit = max(config.max_query_bytes, config.max_insert_bytes)
         return decoded(raw, encoding, truthy(params.get("decompress")), limit)
@@ -250,19 +372,22 @@ class Handler(BaseHTTPRequestHandler):
         return ""
 
     @staticmethod
-    def _form_fields(ctype: str, data: bytes, params: dict[str, str]) -> None:
+    def _form_fields(ctype: str, data: bytes, params: dict[str, str]) -> dict[str, bytes]:
+        """Fields into ``params``; file parts (external data tables) returned by field name."""
         message = email.parser.BytesParser().parsebytes(
             b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + data
         )
+        files: dict[str, bytes] = {}
         for part in message.walk():
             if part.is_multipart():
                 continue
             name = part.get_param("name", header="content-disposition")
             payload = part.get_payload(decode=True) or b""
             if part.get_filename():
-                raise StoreError(NOT_IMPLEMENTED, "External data tables are not supported by this server")
-            if isinstance(name, str):
+                files[name if isinstance(name, str) else ""] = payload
+            elif isinstance(name, str):
                 params[name] = payload.decode("utf-8", errors="replace")
+        return files
 
     def _fail(
         self,
@@ -273,6 +398,7 @@ class Handler(BaseHTTPRequestHandler):
         params: Mapping[str, str],
     ) -> None:
         status = http_status(err.code)
+        self.connection.settimeout(self.server.store.config.receive_timeout_s)
         out = dict(headers)
         out["X-ClickHouse-Exception-Code"] = str(err.code)
         out["Content-Type"] = "text/plain; charset=UTF-8"
@@ -289,14 +415,15 @@ class Handler(BaseHTTPRequestHandler):
             headers.get("X-ClickHouse-Query-Id", ""),
             getattr(err, "query", "") or snippet((params.get("query") or "").encode()),
         )
+        if err.code in HOSTILE_CODES:
+            time.sleep(self.server.store.config.refusal_delay_s)  # a tarpit: see ServerConfig
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self._send(status, text.encode(), out)
 
     def _send(self, status: int, payload: bytes, headers: Mapping[str, str]) -> None:
         self.send_response(status)
         for key, value in headers.items():
-            # Defence in depth: no header value ever carries CR/LF or other control characters.
-            self.send_header(key, "".join(c if " " <= c <= "~" else "?" for c in str(value)))
+            self.send_header(key, _header_safe(value))
         self.send_header("Content-Length", str(len(payload)))
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -304,6 +431,39 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self._headers_buffer.append(payload)
         self.flush_headers()
+
+
+def _header_safe(value: object) -> str:
+    """Defence in depth: no header value ever carries CR/LF or other control characters."""
+    return "".join(c if " " <= c <= "~" else "?" for c in str(value))
+
+
+class DeadlineReader(io.RawIOBase):
+    """The connection's reads, each waiting at most ``per_read`` seconds, all ending by a deadline.
+
+    Why: a socket timeout alone bounds one wait, so a client sending a byte
+    every few seconds could hold its connection (and thread) for ever.
+    """
+
+    def __init__(self, sock: socket.socket, per_read: float) -> None:
+        self._sock = sock
+        self._per_read = per_read
+        self._deadline: float | None = None
+
+    def arm(self, seconds: float | None) -> None:
+        self._deadline = None if seconds is None else time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        wait = self._per_read
+        if self._deadline is not None:
+            wait = min(wait, self._deadline - time.monotonic())
+            if wait <= 0:
+                raise TimeoutError("the client is too slow to send its request")
+        self._sock.settimeout(wait)
+        return self._sock.recv_into(buffer)
 
 
 def _echoable(value: str | None) -> str | None:

@@ -18,13 +18,25 @@ classify is refused with a ClickHouse error (READONLY for the read-only user,
 ACCESS_DENIED otherwise, INTO_OUTFILE_NOT_ALLOWED for ``INTO OUTFILE``).
 
 * Read-only users: one SELECT / WITH / SHOW / DESCRIBE / EXISTS / SHOW CREATE
-  over their databases and :data:`SYSTEM_TABLES`; no table function beyond
-  :data:`VIEWER_TABLE_FUNCTIONS`; no file/url/dictionary functions; no
-  SETTINGS clause; no INTO OUTFILE.
+  over their databases (``Who.databases``: every table and database the parse
+  names, unqualified names in the current database) and :data:`SYSTEM_TABLES`
+  (schema metadata, readable unfiltered: the store holds the project's
+  database only); no table function beyond :data:`VIEWER_TABLE_FUNCTIONS`; no
+  file/url/dictionary functions; no SET, no SETTINGS clause; no INTO OUTFILE.
 * Read-write users: the statement kinds in :data:`WRITER_KINDS` (what a loader
   and migrations need); table engines from :data:`ENGINES` only; no
   file/url/remote/executable table functions or engines, no dictionaries,
   no ``INSERT INTO FUNCTION``, no INTO OUTFILE.
+
+Settings and the per-user caps: a ``Set`` node is accepted only where it holds
+table settings (``CREATE ... SETTINGS``, ``ALTER ... MODIFY SETTING``) or
+EXPLAIN's own options. A query-level ``SETTINGS`` clause is refused for every
+user: the parse does not name the settings, so a cap could not be checked
+(settings travel as URL parameters, which the server clamps). A read-write
+user's ``SET`` statement is run by the engine on a scratch connection that
+already holds the user's caps (:func:`set_changes`); it is refused if it
+raises a cap (or asks for 0, unlimited) or touches a setting in
+:data:`GUARDED_SETTINGS`.
 
 File/url access is denied for every user by function *name*: every table
 function the engine lists (``system.table_functions``) except the harmless
@@ -33,8 +45,11 @@ generators, plus :data:`SCALAR_DENIED` and the ``dictGet``/``joinGet`` families.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from citystream.chserver.errors import (
@@ -44,6 +59,11 @@ from citystream.chserver.errors import (
     SYNTAX_ERROR,
     StoreError,
 )
+from citystream.chserver.limits import DENIED_SETTINGS
+from citystream.chserver.params import engine_bytes, escape_param
+
+#: Settings no SET statement may change (how SQL is read, files, the read-only level).
+GUARDED_SETTINGS = DENIED_SETTINGS | frozenset({"readonly", "allow_ddl", "default_format"})
 
 #: Table functions a read-only user may read from: generators, no I/O.
 VIEWER_TABLE_FUNCTIONS = frozenset(
@@ -59,7 +79,8 @@ SCALAR_DENIED = frozenset({"file", "url", "getclienthttpheader", "currentrequest
 _NOT_IO = frozenset({"format"})
 _DENIED_PREFIXES = ("dictget", "dicthas", "dictisin", "joinget")
 
-#: ``system`` tables a read-only user may read: metadata only (no query texts, no paths, no logs).
+#: ``system`` tables a read-only user may read: schema and engine metadata (no query texts,
+#: no processes, no logs, no parts with their paths).
 SYSTEM_TABLES = frozenset(
     {
         "one",
@@ -69,7 +90,6 @@ SYSTEM_TABLES = frozenset(
         "tables",
         "columns",
         "databases",
-        "parts",
         "settings",
         "functions",
         "table_functions",
@@ -197,6 +217,8 @@ class Who:
     #: Databases a read-only user may read (``None``: any), and the current database.
     databases: frozenset[str] | None = None
     current_database: str = "default"
+    #: Caps on settings (:data:`~citystream.chserver.config.LIMIT_SETTINGS`) a SET must respect.
+    limits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -207,18 +229,10 @@ class Checked:
     kind: str
     tree: Node
 
-
-def escape_param(text: str) -> str:
-    """Escape text for a ``{q:String}`` parameter (parameters are read with TSV escaping)."""
-    return (
-        text.replace("\\", "\\\\")
-        .replace("\n", "\\n")
-        .replace("\t", "\\t")
-        .replace("\r", "\\r")
-        .replace("\0", "\\0")
-        .replace("\b", "\\b")
-        .replace("\f", "\\f")
-    )
+    @property
+    def engine_text(self) -> str | bytes:
+        """The text to run: bytes when it holds bytes that are not UTF-8 (see :func:`engine_bytes`)."""
+        return engine_bytes(self.text)
 
 
 def canonicalize(conn: Any, text: str) -> str:
@@ -226,7 +240,7 @@ def canonicalize(conn: Any, text: str) -> str:
     result = conn.query(
         "SELECT formatQuerySingleLine({q:String})", "TabSeparatedRaw", params={"q": escape_param(text)}
     )
-    canonical = result.bytes().decode("utf-8").removesuffix("\n")
+    canonical = result.bytes().decode("utf-8", "surrogateescape").removesuffix("\n")
     if not canonical.strip() or any(c in canonical for c in "\r\n\0"):
         # A newline survives formatting only inside a quoted identifier: no legitimate
         # statement needs one, and it could forge lines of the EXPLAIN AST tree.
@@ -269,17 +283,19 @@ def table_functions(conn: Any) -> frozenset[str]:
 def inspect(conn: Any, text: str, binds: Mapping[str, str]) -> tuple[str, Node]:
     """Canonical text and AST of one statement, both produced by the engine."""
     canonical = canonicalize(conn, text)
-    tree = (
-        conn.query("EXPLAIN AST " + canonical, "TabSeparatedRaw", params=dict(binds)).bytes().decode("utf-8")
-    )
+    explained = conn.query(engine_bytes("EXPLAIN AST " + canonical), "TabSeparatedRaw", params=dict(binds))
+    # Literals may hold any bytes; the tree's kinds and names are what is judged.
+    tree = explained.bytes().decode("utf-8", "replace")
     return canonical, parse_tree(tree)
 
 
 class Policy:
     """The allow-list; ``io_functions``: the engine's table-function names (:func:`table_functions`)."""
 
-    def __init__(self, io_functions: frozenset[str]) -> None:
+    def __init__(self, io_functions: frozenset[str], connect: Callable[[], Any] | None = None) -> None:
         self.denied = (io_functions - _NOT_IO) | SCALAR_DENIED
+        #: Opens a scratch engine connection to judge SET statements; without it SET is refused.
+        self.connect = connect
 
     def check(self, who: Who, canonical: str, tree: Node) -> Checked:
         refuse = _refuser(who)
@@ -296,7 +312,35 @@ class Policy:
             self._check_tail(who, tree)
         for node, parent in tree.walk():
             self._check_node(who, node, parent)
+        if tree.kind == "Set":
+            self._check_set(who, canonical)
         return Checked(canonical, tree.kind, tree)
+
+    def _check_set(self, who: Who, canonical: str) -> None:
+        """A SET statement, judged by what the engine does with it on a scratch connection."""
+        if self.connect is None:
+            raise _refuser(who)("SET statements are not allowed by this server")
+        conn = self.connect()
+        try:
+            changed = set_changes(conn, canonical, who.limits)
+        except StoreError:
+            raise
+        except Exception as exc:  # the engine refused the SET itself
+            raise StoreError.from_engine(exc) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+        for name, value in changed.items():
+            if name in GUARDED_SETTINGS:
+                raise StoreError(
+                    ACCESS_DENIED, f"{who.name}: Setting {name} cannot be changed on this server"
+                )
+            cap = who.limits.get(name)
+            if cap is not None and not _within(value, cap):
+                raise StoreError(
+                    ACCESS_DENIED,
+                    f"{who.name}: Setting {name} should not be greater than {cap} (the user's limit)",
+                )
 
     def _check_tail(self, who: Who, tree: Node) -> None:
         """After the query itself: FORMAT (an Identifier), SETTINGS (Set), INTO OUTFILE (Literals)."""
@@ -310,9 +354,15 @@ class Policy:
         refuse = _refuser(who)
         if who.readonly and node.kind not in VIEWER_NODES and node.kind != "Set":
             raise refuse(f"{_describe(node.kind)} is not allowed for user {who.name}")
-        # EXPLAIN's own options (``indexes = 1``) parse as a Set under it; engine readonly=1
-        # still refuses any real setting change there.
-        if node.kind == "Set" and who.readonly and not (parent is not None and parent.kind == "Explain"):
+        if node.kind == "Set" and parent is not None and not _table_or_explain_options(node, parent):
+            if who.readonly:
+                raise StoreError(READONLY, f"{who.name}: Cannot modify settings in readonly mode")
+            raise StoreError(
+                ACCESS_DENIED,
+                f"{who.name}: SETTINGS clauses are not allowed by this server: "
+                "pass settings as URL parameters or with SET",
+            )
+        if node.kind == "Set" and parent is None and who.readonly:
             raise StoreError(READONLY, f"{who.name}: Cannot modify settings in readonly mode")
         if node.kind in ("Dictionary", "FunctionWithKeyValueArguments"):
             raise refuse("Dictionaries are not allowed by this server")
@@ -364,6 +414,51 @@ class Policy:
     def _check_database(self, who: Who, database: str) -> None:
         if who.databases is not None and database not in who.databases and database.lower() != "system":
             raise StoreError(ACCESS_DENIED, f"{who.name}: Not enough privileges to read database {database}")
+
+
+def _table_or_explain_options(node: Node, parent: Node) -> bool:
+    """Table settings (CREATE's storage, ALTER MODIFY SETTING) or EXPLAIN's options (its first child).
+
+    A SETTINGS clause after EXPLAIN's query (``EXPLAIN SELECT 1 FORMAT TSV
+    SETTINGS x = 1``) is the EXPLAIN's query settings: not its first child.
+    """
+    if parent.kind in ("Storage", "AlterCommand"):
+        return True
+    return parent.kind == "Explain" and bool(parent.children) and node is parent.children[0]
+
+
+def _within(value: str, cap: int) -> bool:
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    return 0 < number <= cap
+
+
+def set_changes(conn: Any, canonical: str, limits: Mapping[str, int]) -> dict[str, str]:
+    """The settings a SET statement changes, as the engine applies it (name -> new value).
+
+    Why run it: the parse does not name the settings. On a scratch connection
+    holding the user's caps, every setting whose value differs after the
+    statement is one it changed (``SET max_memory_usage = 0`` differs from the
+    cap, so "back to unlimited" is seen too). Setting a value to what it
+    already is changes nothing and is not reported.
+    """
+    if limits:
+        caps = ", ".join(f"{name} = {int(cap)}" for name, cap in limits.items())
+        conn.query(f"SET {caps}", "TabSeparated")
+    before = _settings_snapshot(conn)
+    conn.query(engine_bytes(canonical), "TabSeparated")
+    try:
+        after = _settings_snapshot(conn)
+    except Exception:  # e.g. a dialect in which the snapshot itself no longer parses
+        raise StoreError(ACCESS_DENIED, "This SET changes how the server reads SQL: not allowed") from None
+    return {name: value for name, value in after.items() if before.get(name) != value}
+
+
+def _settings_snapshot(conn: Any) -> dict[str, str]:
+    data = conn.query("SELECT name, value FROM system.settings", "JSONCompactEachRow").bytes()
+    return {row[0]: row[1] for row in map(json.loads, data.decode("utf-8").splitlines())}
 
 
 _NAMED_KINDS = frozenset({"ShowTables", "ExistsTableQuery", "ShowCreateTableQuery", "ExistsDatabaseQuery"})

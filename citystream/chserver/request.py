@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping
+import struct
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 from citystream.chserver import wire
 from citystream.chserver.errors import (
     BAD_ARGUMENTS,
+    CANNOT_DECOMPRESS,
     QUERY_IS_TOO_LARGE,
     SYNTAX_ERROR,
     UNKNOWN_EXCEPTION,
@@ -42,12 +45,16 @@ CONTENT_TYPES = {
 
 @dataclass
 class Outcome:
+    """What a request produced: a body, or a stream of chunks plus ``finish`` to call once it is sent."""
+
     body: bytes = b""
     fmt: str | None = None
     summary: dict[str, str] = field(default_factory=dict)
     rows: int = 0
     kind: str = ""
     query: str = ""
+    stream: Iterator[bytes] | None = None
+    finish: Callable[[], None] = lambda: None
 
 
 class Body:
@@ -57,6 +64,8 @@ class Body:
         self._h = handler
         self.drained = False
         self._gen: Iterator[bytes] | None = None
+        #: A multipart form's file parts: external data tables (field name -> data).
+        self.files: dict[str, bytes] = {}
 
     def raw(self) -> Iterator[bytes]:
         if self._gen is None:
@@ -100,6 +109,12 @@ class Body:
                 yield piece
         self.drained = True
 
+    def statement_read(self) -> None:
+        """The query text is in: from here the body may take as long as its data needs."""
+        relax = getattr(self._h, "relax_deadline", None)
+        if relax is not None:
+            relax()
+
     def drain(self, limit: int) -> bool:
         """Read and drop the rest (up to ``limit`` bytes) so the connection can be reused."""
         seen = 0
@@ -118,11 +133,67 @@ def decoded(
 ) -> Iterator[bytes]:
     """The body after every decoding, in bounded pieces, failing once more than ``limit`` bytes came out."""
     if content_encoding and content_encoding.lower() not in ("identity", ""):
-        decoder = wire.content_decoder(content_encoding)
-        chunks = (piece for chunk in chunks for piece in decoder.pieces(chunk))
+        chunks = _content_decoded(chunks, wire.content_decoder(content_encoding))
     if block_framed:
-        chunks = wire.decompress_blocks(chunks)
+        chunks = wire.decompress_blocks(_block_budget(chunks, limit))
     return _counted(chunks, limit)
+
+
+def _content_decoded(chunks: Iterator[bytes], decoder: Any) -> Iterator[bytes]:
+    """Decoded pieces; an encoded body that decodes to nothing is corrupt (a truncated header)."""
+    fed = produced = False
+    for chunk in chunks:
+        fed = fed or bool(chunk)
+        for piece in decoder.pieces(chunk):
+            produced = produced or bool(piece)
+            yield piece
+    if fed and not produced:
+        raise StoreError(CANNOT_DECOMPRESS, "Cannot decompress the request body: truncated or corrupt data")
+
+
+_FRAME_HEAD = 16 + 9  # checksum, method byte, compressed size, raw size
+#: Largest decompressed block accepted (ClickHouse writes 1 MiB blocks; clients at most a few MiB).
+MAX_BLOCK_RAW = 16 << 20
+
+
+def _block_budget(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    """Compressed-block frames passed through once their header's raw size fits the remaining budget.
+
+    Why: a block's header states its decompressed size, and inflating it
+    allocates that much at once; a few bytes claiming a huge block must be
+    refused before anything is allocated, and the sum of the blocks stays
+    within the body's ``limit``.
+    """
+    pending = bytearray()  # bytes of the current frame's header not yet complete
+    left_in_frame = 0  # bytes of the current frame (after its header) still to pass through
+    budget = limit
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            if left_in_frame:
+                take = min(left_in_frame, len(view))
+                yield bytes(view[:take])
+                view, left_in_frame = view[take:], left_in_frame - take
+                continue
+            need = _FRAME_HEAD - len(pending)
+            pending += view[:need]
+            view = view[need:]
+            if len(pending) < _FRAME_HEAD:
+                break
+            size, raw = struct.unpack_from("<II", pending, 17)
+            if size < 9 or raw > MAX_BLOCK_RAW:
+                raise StoreError(CANNOT_DECOMPRESS, f"Too large size of compressed block: {raw}")
+            if raw > budget:
+                raise StoreError(
+                    QUERY_IS_TOO_LARGE,
+                    f"Compressed block of {raw} bytes exceeds the request body limit of {limit} bytes",
+                )
+            budget -= raw
+            left_in_frame = size - 9
+            yield bytes(pending)
+            pending.clear()
+    if pending:
+        yield bytes(pending)  # a truncated header: the decoder reports it
 
 
 def _counted(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
@@ -231,7 +302,8 @@ def read_statement(params: Mapping[str, str], chunks: Iterator[bytes], limit: in
     head += first or b""
     exhausted = first is None
     _bound(head, limit)
-    stmt = analyze(head.decode("latin-1"))
+    window = [_WINDOW]
+    stmt = _classify(head, window)
     # An INSERT's head may span several body chunks; anything else is read in full below.
     while stmt.kind in ("", "INSERT") and not (stmt.kind == "INSERT" and stmt.complete) and not exhausted:
         more = next(chunks, None)
@@ -240,7 +312,7 @@ def read_statement(params: Mapping[str, str], chunks: Iterator[bytes], limit: in
             break
         head += more
         _bound(head, limit)
-        stmt = analyze(head.decode("latin-1"))
+        stmt = _classify(head, window)
     if stmt.kind == "INSERT" and not stmt.complete and exhausted:
         closed = analyze(head.decode("latin-1") + "\n")
         if closed.has_insert_data:
@@ -251,10 +323,36 @@ def read_statement(params: Mapping[str, str], chunks: Iterator[bytes], limit: in
     for more in chunks:
         head += more
         _bound(head, limit)
-    text = utf8(bytes(head))
+    # Literals may hold any bytes ($x$...$x$ binary parameters): kept as surrogate escapes.
+    text = bytes(head).decode("utf-8", "surrogateescape")
     if not text.strip():
         raise StoreError(SYNTAX_ERROR, "Empty query")
     return Request(head, Statement(kind=stmt.kind), text)
+
+
+#: How much of a request's text is classified at first (doubled while that does not decide it).
+_WINDOW = 4096
+
+
+def _classify(head: bytearray, window: list[int]) -> Statement:
+    """:func:`analyze` on as short a prefix of ``head`` as decides the statement's kind and data start.
+
+    Why: the lexer is Python; running it over a whole 256 KiB text on every
+    body chunk let a few requests of junk text take the CPU from the loader.
+    A statement's first word decides its kind, and an INSERT's data starts
+    after a short head; ``window`` (shared across calls) only grows when the
+    prefix leaves that open, so the text is lexed about twice at most.
+    """
+    while True:
+        size = window[0]
+        stmt = analyze(head[:size].decode("latin-1"))
+        cut = size < len(head)
+        undecided = stmt.kind == "" or (stmt.kind == "INSERT" and not stmt.complete)
+        # A data start at the very end of the prefix may still have blanks and a newline to skip.
+        at_edge = stmt.data_start is not None and stmt.data_start >= size
+        if not cut or not (undecided or at_edge):
+            return stmt
+        window[0] = size * 2
 
 
 def _bound(head: bytearray, limit: int) -> None:

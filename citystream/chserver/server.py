@@ -22,7 +22,7 @@ Contract (what clients may rely on; all of it is what a ClickHouse server does):
   (ClickHouse block framing, LZ4/ZSTD via ``network_compression_method``),
   ``enable_http_compression`` (+ ``Accept-Encoding``: zstd, lz4, gzip, deflate),
   ``client_protocol_version`` (Native re-framed for that revision); the other
-  transport-only parameters in :data:`TRANSPORT_PARAMS` are accepted and
+  transport-only parameters in :data:`~citystream.chserver.scope.TRANSPORT_PARAMS` are accepted and
   ignored; other settings pass :mod:`~citystream.chserver.limits` (per-user
   caps, a read-only user's allow-list); one the engine does not know is
   skipped with a warning in the log, so clients written for a server work.
@@ -39,8 +39,25 @@ Contract (what clients may rely on; all of it is what a ClickHouse server does):
   ``-Server-Display-Name`` and, for result-producing statements, ``-Format``.
   Errors: the server's HTTP status for the code, ``X-ClickHouse-Exception-Code``
   and a ``Code: N. DB::Exception: ... (version V)`` body.
-* Results are computed in full before the first byte is sent (as with
-  ``wait_end_of_query=1``), so an error is always a proper HTTP error.
+* Results: see :mod:`~citystream.chserver.results`: a ``SELECT`` in a
+  block-wise format (Native, TSV, CSV, RowBinary, JSONEachRow ...) is
+  streamed with chunked transfer encoding; a failure after the first bytes
+  ends the stream with ClickHouse's ``__exception__`` block (tag in
+  ``X-ClickHouse-Exception-Tag``). ``wait_end_of_query=1`` buffers (bounded).
+* Sessions: only a session's own ``SET``/``USE`` persist; a request's URL
+  settings and ``database`` apply to its query only
+  (:mod:`~citystream.chserver.scope`).
+* Limits: at most ``max_connections`` connections (503 beyond), a listen
+  backlog of ``listen_backlog``; a request's headers must arrive within
+  ``header_timeout_s`` and its query text within ``request_timeout_s``
+  (slow clients are dropped); a query slot (:mod:`~citystream.chserver.slots`)
+  is taken only once the statement is read, and ``reserved_writer_slots`` of
+  them are kept for read-write users (the loader). A read-only user's work
+  yields to the loader: its thread and engine threads run at nice
+  ``reader_nice``, its body is decoded by at most ``reader_decoders`` threads,
+  and it waits briefly at checkpoints while a writer's request is served.
+  ``decompress=1`` blocks are checked against the remaining body budget (and
+  16 MiB) before they are inflated.
 * SIGTERM/SIGINT: stop accepting, let running requests finish (up to a grace
   period), close sessions, close the engine (flushes data), exit 0.
 """
@@ -54,20 +71,18 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
-from citystream.chserver import wire
+from citystream.chserver import native
 from citystream.chserver.config import ServerConfig, User
 from citystream.chserver.engine import Engine, Session, Sessions, close_quietly, result_summary
 from citystream.chserver.errors import (
     ACCESS_DENIED,
     AUTHENTICATION_FAILED,
-    BAD_ARGUMENTS,
     QUERY_IS_TOO_LARGE,
     REQUIRED_PASSWORD,
     SYNTAX_ERROR,
@@ -75,8 +90,8 @@ from citystream.chserver.errors import (
     StartError,
     StoreError,
 )
+from citystream.chserver.external import ExternalTable, external_tables, load_external, parameter_names
 from citystream.chserver.handler import Handler, HTTPServer
-from citystream.chserver.limits import request_settings
 from citystream.chserver.policy import Checked, Policy, Who, inspect
 from citystream.chserver.request import (
     Body,
@@ -85,47 +100,15 @@ from citystream.chserver.request import (
     int_param,
     quote,
     read_statement,
-    readonly_level,
     truthy,
     utf8,
 )
+from citystream.chserver.results import STREAMED_FORMATS, Blocks, collect
+from citystream.chserver.scope import prepare
+from citystream.chserver.slots import ReaderWork, Slots
 from citystream.chserver.sqltext import RESULT_KINDS, analyze
 
 log = logging.getLogger("citystream.chserver")
-
-#: URL parameters that steer the HTTP layer and never reach the engine as settings.
-TRANSPORT_PARAMS = frozenset(
-    {
-        "query",
-        "database",
-        "default_format",
-        "user",
-        "password",
-        "quota_key",
-        "query_id",
-        "session_id",
-        "session_timeout",
-        "session_check",
-        "compress",
-        "decompress",
-        "buffer_size",
-        "wait_end_of_query",
-        "http_wait_end_of_query",
-        "client_protocol_version",
-        "role",
-        "send_progress_in_http_headers",
-        "http_headers_progress_interval_ms",
-        "enable_http_compression",
-        "http_zlib_compression_level",
-        "network_compression_method",
-        "network_zstd_compression_level",
-        "http_native_compression_disable_checksumming_on_decompress",
-        "http_response_buffer_size",
-        "add_http_cors_header",
-        "stacktrace",
-        "readonly",  # applied last, see _readonly_level
-    }
-)
 
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -136,7 +119,8 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._users = {u.name: u for u in config.users}
-        self._slots = threading.BoundedSemaphore(config.max_concurrent_queries)
+        self.slots = Slots(config.max_concurrent_queries, config.reserved_writer_slots)
+        self.reader_work = ReaderWork(config.reader_decoders, self.slots)
         self._active = 0
         self._active_cv = threading.Condition()
         self._closing = False
@@ -155,7 +139,7 @@ class Server:
             self.httpd.server_close()
             raise
         self.sessions = Sessions(self.engine, config.session_timeout_s, config.max_session_timeout_s)
-        self.policy = Policy(self.engine.table_functions)
+        self.policy = Policy(self.engine.table_functions, self.engine.connect)
 
     @property
     def port(self) -> int:
@@ -232,29 +216,49 @@ class Server:
         body: Body,
         chunks: Iterator[bytes],
     ) -> Outcome:
-        """Read the request's statement in full (bounded), then run it in a query slot."""
+        """Read the request's statement in full (bounded), then run it in a query slot.
+
+        A streamed outcome holds its slot, session and connection until the
+        handler calls its ``finish`` (after the last byte is sent).
+        """
         request = read_statement(params, chunks, self.config.max_query_bytes)
-        if not self._slots.acquire(timeout=self.config.queue_timeout_s):
-            raise StoreError(
-                TOO_MANY_SIMULTANEOUS_QUERIES,
-                f"Too many simultaneous queries. Maximum: {self.config.max_concurrent_queries}",
-            )
-        session: Session | None = None
-        conn: Any = None
+        body.statement_read()
+        reader = bool(user.readonly)
+        self.slots.acquire(reader, self.config.queue_timeout_s)
+        held = contextlib.ExitStack()
+        held.callback(self.slots.release, reader)
         try:
             checked = self._check(user, params, headers, request)
+            session: Session | None = None
             session_id = params.get("session_id")
             if session_id:
                 session = self.sessions.acquire(
                     user.name, session_id, params.get("session_timeout"), truthy(params.get("session_check"))
                 )
-                conn = session.conn
-            else:
-                conn = self.engine.connect()
-            self._prepare(conn, user, method, params, headers, session)
+                held.callback(self.sessions.release, session)
+            tables = external_tables(body.files, params) if body.files else []
+            for name in parameter_names(tables):
+                params.pop(name, None)  # they describe the tables: never settings
+            # A read-only user's engine threads run niced: dashboard floods yield the CPU to ingestion.
+            forced = {"os_thread_priority": str(self.config.reader_nice)} if reader else None
+            scope = prepare(
+                self.engine,
+                user,
+                method,
+                params,
+                headers,
+                session,
+                self._ignored,
+                self._external(tables),
+                forced,
+            )
+            held.callback(scope.close, checked.kind, frozenset(user.limits))
             if request.stmt.kind == "INSERT" and request.stmt.has_insert_data:
-                return self._insert(conn, user, params, request, chunks)
-            return self._run(conn, params, headers, request, checked)
+                return self._insert(scope.conn, user, params, request, chunks)
+            outcome = self._run(scope.conn, method, params, headers, request, checked)
+            if outcome.stream is not None:
+                outcome.finish = held.pop_all().close
+            return outcome
         except StoreError as err:
             err.query = request.query  # type: ignore[attr-defined]
             message = str(err)
@@ -265,11 +269,13 @@ class Server:
                 raise renamed from err
             raise
         finally:
-            if session is not None:
-                self.sessions.release(session)
-            elif conn is not None:
-                close_quietly(conn)
-            self._slots.release()
+            held.close()
+
+    def _external(self, tables: list[ExternalTable]) -> Callable[[Any], None] | None:
+        """What creates the request's external data tables in its connection (before readonly)."""
+        if not tables:
+            return None
+        return lambda conn: _engine_call(load_external, conn, tables, self.engine.connect)
 
     def _check(
         self, user: User, params: Mapping[str, str], headers: Mapping[str, str], request: Request
@@ -287,6 +293,7 @@ class Server:
             bool(user.readonly),
             frozenset(user.databases) if user.databases is not None else None,
             database or "default",
+            user.limits,
         )
         binds = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
         conn = self.engine.connect()
@@ -301,51 +308,10 @@ class Server:
             raise StoreError(SYNTAX_ERROR, "An INSERT with data must name only its table and columns")
         return checked
 
-    def _prepare(
-        self,
-        conn: Any,
-        user: User,
-        method: str,
-        params: Mapping[str, str],
-        headers: Mapping[str, str],
-        session: Session | None,
-    ) -> None:
-        database = params.get("database") or headers.get("X-ClickHouse-Database")
-        if database:
-            _engine_call(conn.query, f"USE `{database.replace('`', '``')}`", "TabSeparated")
-        elif user.databases and (session is None or not session.applied):
-            # A read-only user's unqualified names resolve in its own database (once it exists).
-            with contextlib.suppress(StoreError):
-                _engine_call(conn.query, f"USE `{user.databases[0].replace('`', '``')}`", "TabSeparated")
-        requested = []
-        for name, value in params.items():
-            if name in TRANSPORT_PARAMS or name.startswith("param_"):
-                continue
-            if not _SETTING_NAME.match(name):
-                raise StoreError(BAD_ARGUMENTS, "Invalid setting name in the URL")
-            if name not in self.engine.settings and name not in self._ignored:
-                # A setting only a ClickHouse server has (or a typo): a client written for a
-                # server must keep working, so it is skipped, and reported once.
-                self._ignored.add(name)
-                log.warning("ignoring setting %r unknown to the embedded engine", name)
-            requested.append((name, value))
-        settings = request_settings(user, requested, self.engine.settings)
-        if session is not None:
-            settings = {k: v for k, v in settings.items() if session.applied.get(k) != v}
-        if settings:
-            clause = ", ".join(f"{k} = {quote(v)}" for k, v in settings.items())
-            _engine_call(conn.query, f"SET {clause}", "TabSeparated")
-            if session is not None:
-                session.applied.update(settings)
-        level = readonly_level(user.readonly, params.get("readonly"), method)
-        if level and (session is None or session.readonly != level):
-            _engine_call(conn.query, f"SET readonly = {level}", "TabSeparated")
-            if session is not None:
-                session.readonly = level
-
     def _run(
         self,
         conn: Any,
+        method: str,
         params: Mapping[str, str],
         headers: Mapping[str, str],
         request: Request,
@@ -355,13 +321,33 @@ class Server:
         stmt = analyze(checked.text)
         default_fmt = params.get("default_format") or headers.get("X-ClickHouse-Format") or "TabSeparated"
         bind = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
-        result = _engine_call(conn.query, checked.text, default_fmt, params=bind)
-        body = result.bytes() or b""
         out_fmt = stmt.format or default_fmt
-        produces = stmt.kind in RESULT_KINDS or stmt.format is not None or bool(body)
         revision = int_param(params, "client_protocol_version")
-        if produces and out_fmt.lower() == "native" and revision > 0:
-            body = wire.upgrade_native(body, revision)
+        reframe = None
+        if out_fmt.lower() == "native" and revision > 0:
+            reframe = _reframer(conn, checked, bind, revision, self.engine.connect)
+        streamable = checked.kind == "SelectWithUnionQuery" and out_fmt.lower() in STREAMED_FORMATS
+        if streamable and method != "HEAD":
+            blocks = Blocks(conn, checked.engine_text, default_fmt, bind, reframe)
+            outcome = Outcome(fmt=out_fmt, summary=result_summary(None), kind=stmt.kind, query=request.query)
+            # The first block is computed before answering (an error then is a proper HTTP
+            # error); a result of one block, or wait_end_of_query=1, is answered whole.
+            first = blocks.take()
+            if first is not None:
+                blocks.peek()
+            if blocks.exhausted or truthy(params.get("wait_end_of_query")):
+                rest = collect(blocks, self.config.max_buffered_result_bytes - len(first or b""))
+                outcome.body = (first or b"") + rest
+                outcome.rows = blocks.rows
+                outcome.summary.update(result_rows=str(blocks.rows), result_bytes=str(blocks.size))
+            else:
+                outcome.stream = blocks.after(first or b"")
+            return outcome
+        result = _engine_call(conn.query, checked.engine_text, default_fmt, params=bind)
+        body = result.bytes() or b""
+        produces = stmt.kind in RESULT_KINDS or stmt.format is not None or bool(body)
+        if produces and reframe is not None:
+            body = reframe(body)
         summary = result_summary(result)
         return Outcome(
             body=body,
@@ -448,6 +434,20 @@ _LITERAL_VALUES = (
 )
 
 
+def _reframer(
+    conn: Any, checked: Checked, binds: dict[str, str], revision: int, connect: Callable[[], Any]
+) -> Callable[[bytes], bytes]:
+    """Native re-framing for the client's protocol revision, with the result's real column types.
+
+    The types are asked for (on a scratch connection, in this request's
+    database) only when a block has a top-level DateTime column.
+    """
+    if revision < native.REVISION_WITH_DATETIME_TIME_ZONE:
+        return lambda data: native.upgrade_native(data, revision)
+    database = _engine_call(native.current_database, conn)
+    return native.Reframer(revision, connect, database, checked.text, checked.tree, binds)
+
+
 def _engine_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
@@ -472,6 +472,9 @@ def serve(config: ServerConfig, ready: TextIO | None = None, companion: Companio
     ``companion``: see :data:`Companion`. On SIGTERM it is stopped first,
     then the server (running requests finish, the engine flushes its data).
     """
+    # Request threads share one interpreter lock; at the default 5 ms switch interval every
+    # hand-over of the loader's request may wait 5 ms behind a reader's Python work.
+    sys.setswitchinterval(0.0005)
     server = Server(config)
     stop = threading.Event()
 
@@ -500,10 +503,3 @@ def serve(config: ServerConfig, ready: TextIO | None = None, companion: Companio
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1 (bind 0, read it, release)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

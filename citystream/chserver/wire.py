@@ -13,14 +13,9 @@ Contract:
   (gzip, deflate, zstd, lz4 frame; br for responses when the brotli module is
   installed). Request decoders hand out bounded pieces (:data:`PIECE`), so a
   compression bomb can be counted and stopped before it is buffered.
-* ``upgrade_native(data, revision)``: re-frames a protocol-0 ``Native`` stream
-  (what chdb emits) for clients that send ``client_protocol_version`` (what a
-  ClickHouse server would emit): a BlockInfo header per block and, from
-  revision 54454, a "no custom serialization" byte per column. Column data is
-  copied verbatim; the type walker only measures it. Types whose layout
-  depends on the revision (JSON, Dynamic, Variant, AggregateFunction ...)
-  raise :class:`WireError` rather than produce a stream the client would
-  misread.
+* ``upgrade_native(data, revision, types)``: re-frames a protocol-0 ``Native``
+  stream for clients that send ``client_protocol_version``; see
+  :mod:`~citystream.chserver.native` (re-exported here).
 
 Every failure is a :class:`WireError` carrying a ClickHouse error code, so the
 HTTP layer can report it the way a server would.
@@ -28,7 +23,6 @@ HTTP layer can report it the way a server would.
 
 from __future__ import annotations
 
-import re
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -264,209 +258,25 @@ def content_decoder(encoding: str) -> _Streaming:
 
 # --------------------------------------------------------------------------- Native protocol revisions
 
-#: Revisions (client_protocol_version values) at which the Native layout changes.
-REVISION_WITH_BLOCK_INFO = 1
-REVISION_WITH_LOW_CARDINALITY = 54405
-REVISION_WITH_CUSTOM_SERIALIZATION = 54454
+# Re-framing Native output for a client's revision lives in its own module (the type walker).
+from citystream.chserver.native import (  # noqa: E402
+    REVISION_WITH_BLOCK_INFO,
+    REVISION_WITH_CUSTOM_SERIALIZATION,
+    REVISION_WITH_LOW_CARDINALITY,
+    parse_type,
+    upgrade_native,
+)
 
-_FIXED = {
-    **dict.fromkeys(("Int8", "UInt8", "Bool", "Enum8", "Nothing"), 1),
-    **dict.fromkeys(("Int16", "UInt16", "Enum16", "Date", "BFloat16"), 2),
-    **dict.fromkeys(("Int32", "UInt32", "Float32", "Date32", "DateTime", "IPv4", "Decimal32", "Time"), 4),
-    **dict.fromkeys(("Int64", "UInt64", "Float64", "DateTime64", "Decimal64", "Time64"), 8),
-    **dict.fromkeys(("Int128", "UInt128", "Decimal128", "UUID", "IPv6"), 16),
-    **dict.fromkeys(("Int256", "UInt256", "Decimal256"), 32),
-}
-_GEO = {
-    "Point": "Tuple(Float64, Float64)",
-    "Ring": "Array(Point)",
-    "LineString": "Array(Point)",
-    "Polygon": "Array(Ring)",
-    "MultiLineString": "Array(LineString)",
-    "MultiPolygon": "Array(Polygon)",
-}
-_NAMED_ELEMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s+(\S.*)$", re.S)
-
-TypeNode = tuple[str, tuple["TypeNode", ...], int]
-
-
-def _split_args(text: str) -> list[str]:
-    args: list[str] = []
-    depth = 0
-    quote = ""
-    start = 0
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = ""
-        elif ch in "'`\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            args.append(text[start:i].strip())
-            start = i + 1
-        i += 1
-    tail = text[start:].strip()
-    if tail or args:
-        args.append(tail)
-    return args
-
-
-def _strip_element_name(arg: str) -> str:
-    if arg.startswith("`"):
-        end = arg.find("`", 1)
-        while end > 0 and arg[end - 1] == "\\":
-            end = arg.find("`", end + 1)
-        return arg[end + 1 :].strip() if end > 0 else arg
-    match = _NAMED_ELEMENT.match(arg)
-    return match.group(2) if match else arg
-
-
-def parse_type(name: str) -> TypeNode:
-    """Parse a ClickHouse type name into (family, children, fixed_width) for the Native walker."""
-    name = name.strip()
-    paren = name.find("(")
-    family = name if paren < 0 else name[:paren].strip()
-    args = _split_args(name[paren + 1 : name.rfind(")")]) if paren >= 0 else []
-    if family in _GEO:
-        return parse_type(_GEO[family])
-    if family in _FIXED:
-        return family, (), _FIXED[family]
-    if family == "Decimal":
-        precision = int(args[0]) if args else 10
-        width = 4 if precision <= 9 else 8 if precision <= 18 else 16 if precision <= 38 else 32
-        return family, (), width
-    if family == "FixedString":
-        return family, (), int(args[0])
-    if family.startswith("Interval"):
-        return family, (), 8
-    if family == "String":
-        return family, (), 0
-    if family in ("Nullable", "Array", "LowCardinality"):
-        return family, (parse_type(args[0]),), 0
-    if family == "Tuple":
-        return family, tuple(parse_type(_strip_element_name(a)) for a in args), 0
-    if family == "Map":
-        return family, (parse_type(args[0]), parse_type(args[1])), 0
-    if family == "SimpleAggregateFunction":
-        return parse_type(args[-1])
-    raise StoreError(
-        NOT_IMPLEMENTED,
-        f"citystream store cannot send type {name} with client_protocol_version; "
-        "query it without client_protocol_version or cast it (e.g. toString)",
-    )
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _skip_prefix(node: TypeNode, buf: memoryview, pos: int) -> int:
-    family, children, _ = node
-    if family == "LowCardinality":
-        return pos + 8
-    for child in children:
-        pos = _skip_prefix(child, buf, pos)
-    return pos
-
-
-def _skip_data(node: TypeNode, buf: memoryview, pos: int, rows: int) -> int:
-    family, children, width = node
-    if width:
-        return pos + width * rows
-    if family == "String":
-        for _ in range(rows):
-            length, pos = _varint(buf, pos)
-            pos += length
-        return pos
-    if family == "Nullable":
-        return _skip_data(children[0], buf, pos + rows, rows)
-    if family in ("Array", "Map"):
-        if rows == 0:
-            return pos
-        nested = _u64(buf, pos + 8 * (rows - 1))[0]
-        pos += 8 * rows
-        if nested:
-            for child in children if family == "Map" else children[:1]:
-                pos = _skip_data(child, buf, pos, nested)
-        return pos
-    if family == "Tuple":
-        for child in children:
-            pos = _skip_data(child, buf, pos, rows)
-        return pos
-    if family == "LowCardinality":
-        if rows == 0:
-            return pos
-        flags = _u64(buf, pos)[0]
-        pos += 8
-        if flags & (1 << 8) or not flags & (1 << 9):
-            raise StoreError(NOT_IMPLEMENTED, "LowCardinality with a shared dictionary cannot be re-framed")
-        keys = _u64(buf, pos)[0]
-        inner = children[0]
-        if inner[0] == "Nullable":
-            inner = inner[1][0]
-        pos = _skip_data(inner, buf, pos + 8, keys)
-        count = _u64(buf, pos)[0]
-        return pos + 8 + count * (1 << (flags & 0xFF))
-    raise StoreError(NOT_IMPLEMENTED, f"cannot walk Native column of type {family}")
-
-
-_BLOCK_INFO = b"\x01\x00\x02\xff\xff\xff\xff\x00"
-
-
-def upgrade_native(data: bytes, revision: int) -> bytes:
-    """Re-frame a revision-0 Native stream for a client that asked for ``revision``."""
-    if revision <= 0 or not data:
-        return data
-    buf = memoryview(data)
-    out = bytearray()
-    pos = 0
-    custom = revision >= REVISION_WITH_CUSTOM_SERIALIZATION
-    cache: dict[str, TypeNode] = {}
-    try:
-        while pos < len(buf):
-            out += _BLOCK_INFO
-            start = pos
-            columns, pos = _varint(buf, pos)
-            rows, pos = _varint(buf, pos)
-            out += buf[start:pos]
-            for _ in range(columns):
-                start = pos
-                length, pos = _varint(buf, pos)
-                pos += length
-                length, pos = _varint(buf, pos)
-                type_name = bytes(buf[pos : pos + length]).decode()
-                pos += length
-                out += buf[start:pos]
-                if custom:
-                    out.append(0)
-                if rows:
-                    node = cache.get(type_name)
-                    if node is None:
-                        node = cache[type_name] = parse_type(type_name)
-                        if revision < REVISION_WITH_LOW_CARDINALITY and "LowCardinality" in type_name:
-                            raise StoreError(
-                                NOT_IMPLEMENTED, "LowCardinality needs client_protocol_version >= 54405"
-                            )
-                    start = pos
-                    pos = _skip_data(node, buf, _skip_prefix(node, buf, pos), rows)
-                    if pos > len(buf):
-                        raise IndexError(pos)
-                    out += buf[start:pos]
-    except (IndexError, struct.error) as exc:
-        raise StoreError(NOT_IMPLEMENTED, f"cannot re-frame Native output: truncated stream ({exc})") from exc
-    return bytes(out)
+__all__ = [
+    "REVISION_WITH_BLOCK_INFO",
+    "REVISION_WITH_CUSTOM_SERIALIZATION",
+    "REVISION_WITH_LOW_CARDINALITY",
+    "BlockDecompressor",
+    "compress_blocks",
+    "content_decoder",
+    "decompress_blocks",
+    "encode_content",
+    "http_encodings",
+    "parse_type",
+    "upgrade_native",
+]

@@ -22,12 +22,14 @@ COMMAND_MODULES = [
     "citystream.cli.topics",
     "citystream.cli.demo",
     "citystream.cli.jobs",
+    "citystream.cli.replay",
     "citystream.cli.query",
     "citystream.cli.store",
     "citystream.cli.dashboards",
     "citystream.cli.simulate",
     "citystream.cli.importer",
     "citystream.cli.evaluate",
+    "citystream.cli.backtest",
 ]
 
 

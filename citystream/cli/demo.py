@@ -9,8 +9,11 @@ from citystream.settings import load as load_settings
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if args.secure:
+        settings = settings.replace(kafka_security="sasl_ssl")
     report = demo.run(
-        load_settings(), seed=args.seed, sensors=args.sensors, minutes=args.minutes,
+        settings, seed=args.seed, sensors=args.sensors, minutes=args.minutes,
         keep_running=args.keep_running,
     )  # fmt: skip
     return 0 if report.ok else 1
@@ -28,4 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sensors", type=int, default=30, help="sensors, split over the departments (default 30)")
     p.add_argument("--minutes", type=int, default=6, help="simulated minutes, 3 readings each (default 6)")
     p.add_argument("--keep-running", action="store_true", help="leave the stack up afterwards")
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="Kafka over SASL_SSL with SCRAM users and ACLs (as `stack up --secure`; a run dir already "
+        "started --secure is used so without it)",
+    )
     p.set_defaults(handler=_cmd)

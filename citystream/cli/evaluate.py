@@ -48,6 +48,15 @@ def register(subparsers: Any) -> None:
         default=None,
         help="detection config (default: infra/detection.toml, as the job)",
     )
+    p.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write the shipped detector's output as NAB results files "
+        "(DIR/citystream/<category>/citystream_<file>.csv: timestamp,value,anomaly_score,label; "
+        "label 1 = alarm) and BATADAL hourly DATETIME,flag files (DIR/batadal/)",
+    )
     p.set_defaults(handler=_evaluate)
 
 
@@ -64,7 +73,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     started = time.perf_counter()
     text = report(
-        root, config, args.slice_, tuple(args.only or DATASETS), lambda m: print(m, file=sys.stderr)
+        root,
+        config,
+        args.slice_,
+        tuple(args.only or DATASETS),
+        lambda m: print(m, file=sys.stderr, flush=True),
+        export=args.export,
     )
     text += f"\nDatasets: `{root}`; wall time {time.perf_counter() - started:.0f} s.\n"
     print(text, end="")

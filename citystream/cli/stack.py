@@ -10,11 +10,15 @@ Contract of ``citystream stack up | down | status``:
 * ``down`` stops exactly the process groups ``up`` started (pids recorded
   under the run directory) and keeps the data; ``down --purge`` deletes it.
 * ``status`` prints each service's state, pid, port and health.
-* ``up --secure`` (or CITYSTREAM_KAFKA_SECURITY=sasl_ssl) starts Kafka with a
-  SASL_SSL listener only: a local CA and broker certificate, SCRAM-SHA-512
+* ``up --secure`` (or CITYSTREAM_KAFKA_SECURITY=sasl_ssl) starts Kafka with
+  SASL_SSL listeners only: a local CA and broker certificate, SCRAM-SHA-512
   users admin, producer, jobs and loader with random passwords, all generated
   on first start under the run directory (mode 0600) and re-used afterwards;
-  topics are never auto-created. Other commands need the same setting.
+  ACLs limit each user to its own topics, groups and transactions; topics are
+  never auto-created. The run directory remembers it: every later command
+  (``up``, ``demo``, ``jobs``, ``topics``, ``simulate``, the loader) speaks
+  SASL_SSL with its own user, no variable to export (the environment still
+  overrides). ``down --purge`` forgets it with the broker's data.
 
 Every service runs in its own session, so stopping its process group also
 stops the children it forked (Flink's Python workers, the JVM behind a
@@ -32,12 +36,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from citystream import stack  # kafka-python, clickhouse-connect, yaml: ~0.5 s that --help must not pay
 
     settings = load_settings()
-    configured = settings.kafka_security
     if args.secure:
         settings = settings.replace(kafka_security="sasl_ssl")
     stack.up(settings)
-    if args.secure and configured.lower() != "sasl_ssl":
-        print("kafka  is SASL_SSL: export CITYSTREAM_KAFKA_SECURITY=sasl_ssl for the other commands")
     return 0
 
 
@@ -51,10 +52,13 @@ def _cmd_down(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from citystream import stack  # kafka-python, clickhouse-connect, yaml: ~0.5 s that --help must not pay
 
-    rows = stack.status(load_settings())
+    settings = load_settings()
+    rows = stack.status(settings)
     print(f"{'SERVICE':8} {'STATE':10} {'PID':>8} {'PORT':>6}  DETAIL")
     for r in rows:
         print(f"{r.name:8} {r.state:10} {r.pid or '-':>8} {r.port or '-':>6}  {r.detail}")
+    # The mode every command of this run dir uses (remembered from `up --secure`, or the env's).
+    print(f"kafka security: {settings.kafka_security.lower()}")
     return 0 if all(r.state in ("healthy", "external") for r in rows) else 1
 
 

@@ -28,10 +28,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from citystream.detection import CalibratedLevel, DetectionConfig, MetricDetector, MetricRule, MetricState
+from citystream.detection.base import tail_score
 from citystream.evaluation.datasets import LOADERS, Dataset, Recording
 from citystream.evaluation.scoring import (
     PROFILES,
@@ -55,6 +57,11 @@ class Variant:
     name: str
     overrides: dict[str, object] = field(default_factory=dict)
     note: str = ""
+
+    @property
+    def shipped(self) -> bool:
+        """The configuration as the job runs it (what ``--export`` writes)."""
+        return self.name != "null" and not self.overrides
 
     def rule(self, config: DetectionConfig, channel: str) -> MetricRule:
         return dataclasses.replace(config.imported_rule(channel), **self.overrides)
@@ -117,8 +124,39 @@ def drive(
     return st, verdicts, held
 
 
-def channel_alarms(rec: Recording, channel: str, rule: MetricRule) -> Alarms:
-    """Alarm rows (a verdict turning anomalous) and active flags of one channel."""
+class RecordingAlarms(NamedTuple):
+    """What one recording's keys said, per row, in the shapes the scorers read.
+
+    ``fired``: rows where a key's verdict turns anomalous (one incident, one
+    ticket: event-level scores). ``active``: a condition is active (BATADAL's
+    hourly flags). ``detections``: every row with an anomalous verdict - what
+    NAB counts, one detection per alarmed row. ``scores``: the strongest
+    verdict score of the row in [0, 1] (the NAB results file's anomaly score).
+    """
+
+    fired: list[int]
+    active: list[bool]
+    detections: list[int]
+    scores: np.ndarray
+
+
+#: Every alarmed row scores at least this and no other row reaches it, so a scorer that turns
+#: scores into detections at this threshold (NAB's way) sees exactly the detector's alarms. An
+#: anomalous verdict scores at least tail_score(3) = 0.9973 (0.999 for the calibrated model).
+ALARM_SCORE = 0.997
+#: The most a row without an alarm scores (its evidence may be as strong, e.g. in a refractory period).
+QUIET_SCORE_CAP = 0.996
+
+
+def verdict_score(verdict: dict[str, object]) -> float:
+    """A verdict's score in [0, 1]: its own when anomalous, else its evidence below ``ALARM_SCORE``."""
+    if verdict["anomalous"]:
+        return max(float(verdict["score"]), ALARM_SCORE)  # type: ignore[arg-type]
+    return min(tail_score(float(verdict["z"])), QUIET_SCORE_CAP)  # type: ignore[arg-type]
+
+
+def channel_run(rec: Recording, channel: str, rule: MetricRule) -> RecordingAlarms:
+    """One channel as one key of the job: warmed on the recording's history, then driven."""
     det = MetricDetector(rule)
     window_ms = cadence_ms(rec)
     state = None
@@ -127,27 +165,42 @@ def channel_alarms(rec: Recording, channel: str, rule: MetricRule) -> Alarms:
             det, window_rows(channel, rec.history.t_ms, rec.history.channels[channel], window_ms)
         )
     _, verdicts, held = drive(det, window_rows(channel, rec.t_ms, rec.channels[channel], window_ms), state)
-    fired, active, before = [], [], False
+    fired, active, detections, before = [], [], [], False
+    scores = np.zeros(len(verdicts))
     for i, (v, h) in enumerate(zip(verdicts, held, strict=True)):
         now = bool(v["anomalous"])
-        if now and not before:
-            fired.append(i)
+        if now:
+            detections.append(i)
+            if not before:
+                fired.append(i)
         active.append(now or h)
+        scores[i] = verdict_score(v)
         before = now
-    return fired, active
+    return RecordingAlarms(fired, active, detections, scores)
 
 
-def recording_alarms(rec: Recording, variant: Variant, config: DetectionConfig) -> Alarms:
+def channel_alarms(rec: Recording, channel: str, rule: MetricRule) -> Alarms:
+    """Alarm rows (a verdict turning anomalous) and active flags of one channel."""
+    run = channel_run(rec, channel, rule)
+    return run.fired, run.active
+
+
+def recording_alarms(rec: Recording, variant: Variant, config: DetectionConfig) -> RecordingAlarms:
     """The union over a recording's channels: each channel is its own key."""
+    n = len(rec)
     if variant.name == "null":
-        return [], [False] * len(rec)
+        return RecordingAlarms([], [False] * n, [], np.zeros(n))
     fired: set[int] = set()
-    active = np.zeros(len(rec), dtype=bool)
+    detections: set[int] = set()
+    active = np.zeros(n, dtype=bool)
+    scores = np.zeros(n)
     for channel in rec.channels:
-        f, a = channel_alarms(rec, channel, variant.rule(config, channel))
-        fired.update(f)
-        active |= np.asarray(a, dtype=bool)
-    return sorted(fired), active.tolist()
+        run = channel_run(rec, channel, variant.rule(config, channel))
+        fired.update(run.fired)
+        detections.update(run.detections)
+        active |= np.asarray(run.active, dtype=bool)
+        np.maximum(scores, run.scores, out=scores)
+    return RecordingAlarms(sorted(fired), active.tolist(), sorted(detections), scores)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -179,40 +232,59 @@ class Result:
         return self.events.f1
 
 
-def score_dataset(ds: Dataset, alarms: Sequence[tuple[list[int], list[bool]]]) -> Result:
-    """Score per-recording (alarm rows, active flags) against the dataset's labels."""
+def nab_file_scores(ds: Dataset, alarms: Sequence[RecordingAlarms]) -> dict[str, list[NabFileScore]]:
+    """Per profile, each NAB file's raw, null and perfect score: every alarmed row is a detection."""
+    return {
+        profile: [
+            nab_file_score(len(rec), a.detections, rec.events, profile)
+            for rec, a in zip(ds.recordings, alarms, strict=True)
+        ]
+        for profile in PROFILES
+    }
+
+
+def score_dataset(ds: Dataset, alarms: Sequence[RecordingAlarms]) -> Result:
+    """Score each recording's alarms against the dataset's labels."""
     res = Result(ds.name, "")
-    nab_files: dict[str, list[NabFileScore]] = {p: [] for p in PROFILES}
-    for rec, (fired, active) in zip(ds.recordings, alarms, strict=True):
+    for rec, al in zip(ds.recordings, alarms, strict=True):
         t = rec.t_ms
-        ignore = None
-        if ds.name == "NAB":
-            prob = probation_length(len(rec))
-            for profile, files in nab_files.items():
-                files.append(nab_file_score(len(rec), fired, rec.events, profile, prob))
-            ignore = int(t[prob])
-        times = [int(t[i]) for i in fired]
+        ignore = int(t[probation_length(len(rec))]) if ds.name == "NAB" else None
+        times = [int(t[i]) for i in al.fired]
         res.alarms += sum(1 for x in times if ignore is None or x >= ignore)
         ev_t = [(int(t[a]), int(t[b])) for a, b in rec.events]
         refs = [int(t[r]) for r in rec.refs] if rec.refs else None
         res.events += event_score(times, ev_t, refs, ignore_before=ignore)
         if ds.name == "BATADAL":
-            b = batadal_score(active, rec.events)
+            b = batadal_score(al.active, rec.events)
             res.batadal, res.s_ttd, res.s_cm = b.s, b.s_ttd, b.s_cm
-            res.active = sum(active) / len(active)
-    if nab_files["standard"]:
-        res.nab = nab_normalised(nab_files["standard"])
-        res.nab_low_fp = nab_normalised(nab_files["reward_low_FP_rate"])
-        res.nab_low_fn = nab_normalised(nab_files["reward_low_FN_rate"])
+            res.active = sum(al.active) / len(al.active)
+    if ds.name == "NAB":
+        files = nab_file_scores(ds, alarms)
+        res.nab = nab_normalised(files["standard"])
+        res.nab_low_fp = nab_normalised(files["reward_low_FP_rate"])
+        res.nab_low_fn = nab_normalised(files["reward_low_FN_rate"])
     return res
+
+
+def variant_alarms(ds: Dataset, variant: Variant, config: DetectionConfig) -> list[RecordingAlarms]:
+    return [recording_alarms(rec, variant, config) for rec in ds.recordings]
 
 
 def evaluate_variant(ds: Dataset, variant: Variant, config: DetectionConfig) -> Result:
+    return _evaluate(ds, variant, config)[0]
+
+
+def _evaluate(ds: Dataset, variant: Variant, config: DetectionConfig) -> tuple[Result, list[RecordingAlarms]]:
     started = time.perf_counter()
-    res = score_dataset(ds, [recording_alarms(rec, variant, config) for rec in ds.recordings])
+    alarms = variant_alarms(ds, variant, config)
+    res = score_dataset(ds, alarms)
     res.detector, res.note = variant.name, variant.note
     res.seconds = time.perf_counter() - started
-    return res
+    return res, alarms
+
+
+#: Called with the shipped configuration's alarms of each dataset (``--export`` writes them out).
+AlarmsHook = Callable[[Dataset, list[RecordingAlarms]], None]
 
 
 def run_evaluation(
@@ -222,15 +294,22 @@ def run_evaluation(
     datasets: Sequence[str] = ("nab", "batadal", "skab"),
     variants: Sequence[Variant] = VARIANTS,
     progress: Callable[[str], None] | None = None,
+    on_shipped: AlarmsHook | None = None,
 ) -> dict[str, list[Result]]:
-    """Every variant on every dataset; the report's numbers."""
+    """Every variant on every dataset; the report's numbers. ``progress`` gets a line per step."""
+    say = progress or (lambda _: None)
     results: dict[str, list[Result]] = {}
     for key in datasets:
+        started = time.perf_counter()
         ds = LOADERS[key](root, slice_)
+        say(f"{ds.name}: {len(ds.recordings)} recording(s), {sum(len(r) for r in ds.recordings):,} rows "
+            f"loaded ({time.perf_counter() - started:.1f} s)")  # fmt: skip
         rows = []
         for variant in variants:
-            rows.append(evaluate_variant(ds, variant, config))
-            if progress is not None:
-                progress(f"{ds.name}: {variant.name} ({rows[-1].seconds:.1f} s)")
+            res, alarms = _evaluate(ds, variant, config)
+            rows.append(res)
+            say(f"{ds.name}: {variant.name} ({res.seconds:.1f} s)")
+            if on_shipped is not None and variant.shipped:
+                on_shipped(ds, alarms)
         results[ds.name] = rows
     return results

@@ -19,8 +19,6 @@ import numpy as np
 
 from citystream.errors import UserError
 
-NAB_CATEGORIES = ("realKnownCause", "artificialWithAnomaly")
-
 #: The small slice: files that cover spikes, level shifts, broken daily shapes and
 #: slow failures while keeping `evaluate --slice small` to seconds.
 NAB_SMALL = (
@@ -31,7 +29,8 @@ NAB_SMALL = (
     "realKnownCause/rogue_agent_key_hold.csv",
     "realKnownCause/nyc_taxi.csv",
 )
-SKAB_FOLDERS = ("valve1", "valve2", "other")
+#: SKAB's folder of normal running only: nothing to detect in it.
+SKAB_NORMAL_FOLDER = "anomaly-free"
 SKAB_SMALL = tuple(f"valve2/{i}.csv" for i in range(4)) + tuple(f"other/{i}.csv" for i in range(5, 10))
 BATADAL_SMALL_HISTORY_HOURS = 24 * 7 * 8
 
@@ -95,16 +94,26 @@ def _rows_between(t_ms: np.ndarray, start_ms: int, end_ms: int) -> tuple[int, in
     return (a, b) if a <= b else None
 
 
+def nab_files(base: Path) -> list[str]:
+    """Every ``category/file.csv`` under ``nab/data``: whichever categories the folder holds."""
+    data = _need(base / "data", "NAB data folder")
+    return sorted(p.relative_to(data).as_posix() for p in data.glob("*/*.csv"))
+
+
 def load_nab(root: Path, slice_: str = "full") -> Dataset:
+    """Every NAB file under ``nab/data/<category>/`` with its windows from ``combined_windows.json``."""
     base = _need(root / "nab", "NAB")
     windows = json.loads(_need(base / "labels" / "combined_windows.json", "NAB windows").read_text())
     labels = json.loads(_need(base / "labels" / "combined_labels.json", "NAB labels").read_text())
-    names = sorted(k for k in windows if k.split("/")[0] in NAB_CATEGORIES)
+    names = nab_files(base)
     if slice_ == "small":
         names = [n for n in names if n in NAB_SMALL]
+    missing = [n for n in names if n not in windows]
+    if missing:
+        raise UserError(f"NAB files without windows in combined_windows.json: {', '.join(missing)}")
     recs = []
     for name in names:
-        path = _need(base / "data" / name, f"NAB file {name}")
+        path = base / "data" / name
         header, rows = _read_csv(path)
         t = _iso_ms([r[0] for r in rows])
         values = _floats(rows, header.index("value"), path)
@@ -120,7 +129,7 @@ def load_nab(root: Path, slice_: str = "full") -> Dataset:
             refs.append(ref)
         recs.append(Recording(name, t, {"value": values}, events, refs))
     if not recs:
-        raise UserError(f"no NAB files found under {base}")
+        raise UserError(f"no NAB files found under {base / 'data'}")
     return Dataset("NAB", recs)
 
 
@@ -186,7 +195,8 @@ def load_skab(root: Path, slice_: str = "full") -> Dataset:
     """
     base = _need(root / "skab" / "data", "SKAB")
     recs = []
-    for folder in SKAB_FOLDERS:
+    folders = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name != SKAB_NORMAL_FOLDER)
+    for folder in folders:
         paths = sorted((base / folder).glob("*.csv"))
         if slice_ == "small":
             paths = [p for p in paths if f"{folder}/{p.name}" in SKAB_SMALL]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from citystream.detection import DetectionConfig
 from citystream.evaluation.benchmarks import VARIANTS, Result, Variant, run_evaluation
+from citystream.evaluation.export import exporter
 from citystream.evaluation.report import describe_protocol, render, render_simulator
 from citystream.evaluation.simulator import (
     SIM_HELD_OUT_SEEDS,
@@ -54,10 +55,20 @@ def report(
     slice_: str,
     chosen: Sequence[str],
     progress: Callable[[str], None] | None = None,
+    export: Path | None = None,
 ) -> str:
-    """The whole report text for the chosen datasets ("nab", "batadal", "skab", "simulator")."""
+    """The whole report text for the chosen datasets ("nab", "batadal", "skab", "simulator").
+
+    ``export``: a folder for the shipped configuration's detections in NAB's results
+    layout and BATADAL's flag files (``export.py``).
+    """
     benchmarks = tuple(d for d in chosen if d != "simulator")
-    results = run_evaluation(root, config, slice_, benchmarks, progress=progress) if benchmarks else {}
+    hook = exporter(export) if export is not None else None
+    results = (
+        run_evaluation(root, config, slice_, benchmarks, progress=progress, on_shipped=hook)
+        if benchmarks
+        else {}
+    )
     sim_text = ""
     if "simulator" in chosen:
         seeds: list[int | None] = [None]

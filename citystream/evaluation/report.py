@@ -93,11 +93,14 @@ def describe_protocol(slice_: str, config: DetectionConfig) -> str:
     r, lvl = config.imported, CalibratedLevel()
     return (
         f"Slice `{slice_}`. Every row is the detect job's per-metric stage (`MetricDetector`), one key per "
-        f"channel, one row per reading, called as the job calls it; the rule is "
+        f"channel, one row per reading (its window as long as the series' sampling interval), called as the "
+        "job calls it; the rule is "
         f"`[imported]` of infra/detection.toml (level model `{r.level_model}`). Calibrated level model: "
         f"seasonal profile + EWMA, each self-calibrated, alarm at {lvl.on} (clears below {lvl.off}), hold "
         f"{lvl.hold_windows} and refractory {lvl.refractory_windows} readings. EWMA level model: |z| >= "
         f"{r.level_z:g} after {r.warmup_windows} readings. A recording's alarms are the union over its "
-        "channels. NAB: probation 15%, TTD from the labelled point (negative = before it). BATADAL: "
+        "channels. NAB: scored as NAB's code scores a fixed threshold (probationary period "
+        "min(floor(15% of rows), 750), every alarmed row a detection, normalised between the null and the "
+        "perfect detector); TTD from the labelled point (negative = before it). BATADAL: "
         "warmed on training 1, S from hourly active flags. SKAB: experiments of a folder concatenated."
     )

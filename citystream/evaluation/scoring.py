@@ -6,23 +6,28 @@ yardstick (time to detect + hourly confusion matrix); event-level P/R/F1 and
 median time-to-detect are what an operator actually feels. All three are
 pure functions of alarms and labelled events, so they are tested by hand.
 
-NAB, as described in the datasets README (implemented from that description):
-probationary first 15% of a file ignored; only the earliest detection inside
-a window counts, rewarded ``tp * (2 / (1 + e^(5y)) - 1)`` with ``y`` going
-from -1 at the window's first row to 0 at its last; a detection outside every
-window costs ``fp`` times the same sigmoid continued past the previous
-window's end (scaled by that window's length) or the full ``fp`` when no
-window precedes it; a missed window costs ``fn``. Normalised per corpus:
-``100 * (raw - null) / (perfect - null)``.
+NAB is scored as NAB's own code scores a detector at a fixed threshold
+(``nab/sweeper.py``: ``calcSweepScore`` then ``calcScoreByThreshold``; the
+normalisation of ``nab/runner.py``), so our numbers can be checked against it:
 
-Choices the README leaves open, made explicit here:
-- a window that ends inside the probationary period cannot be reached by
-  any detector; it is left out (not counted as a miss for anyone);
-- the "perfect" detector detects every window at its first row outside the
-  probationary period;
-- a one-row window (never seen in NAB) counts as ``y = -1``;
-- the NAB code also caps the probationary period at 750 rows; the README
-  does not, so ``probation_cap`` defaults to ``None``.
+- every row whose score reaches the threshold is a detection (a run of
+  alarmed rows outside a window is that many false positives);
+- rows before ``min(floor(0.15 * rows), 750)`` are probationary: detections
+  there are ignored, and so are a window's rows there (a window wholly
+  inside probation is neither hit nor missed);
+- inside a window of ``w`` rows ending at row ``b``, row ``i`` scores
+  ``tp * S(-(b - i + 1) / w) / S(-1)`` with ``S(y) = 2 / (1 + e^(5y)) - 1``:
+  exactly ``tp`` at the window's first row, a little above 0 at its last;
+  a window keeps its best (= earliest) detection, or ``-fn`` without one;
+- a detection outside every window scores ``fp * S(y)`` with
+  ``y = (i - b) / (w - 1)`` from the last window ending before it (``S`` is
+  -1 from ``y >= 3``), or ``-fp`` when no window precedes it;
+- per corpus, ``100 * (raw - null) / (perfect - null)``: ``null`` is the
+  score of a detector that never fires (``-fn`` per scorable window),
+  ``perfect`` is ``tp`` times the number of labelled windows.
+
+Only the one-row window (NAB's data has none; NAB divides by zero) needs a
+choice: a false positive after it costs the full ``fp``.
 """
 
 from __future__ import annotations
@@ -48,15 +53,22 @@ PROFILES: dict[str, NabProfile] = {
     "reward_low_FN_rate": NabProfile(1.0, 0.11, 2.0),
 }
 
+#: NAB's probationary share of a file, and its cap in rows (NAB writes it as ``0.15 * 5000``).
+PROBATION_FRACTION = 0.15
+PROBATION_CAP = 750
+
 
 def nab_sigmoid(y: float) -> float:
-    """2 / (1 + e^(5y)) - 1: ~+0.987 at y=-1, 0 at y=0, -> -1 far past a window."""
-    if 5.0 * y > 700:  # e^700 overflows; the limit is -1
+    """NAB's scaled sigmoid ``2 / (1 + e^(5y)) - 1``: ~+0.987 at y=-1, 0 at y=0, -1 from y=3 on."""
+    if y >= 3.0:
         return -1.0
     return 2.0 / (1.0 + math.exp(5.0 * y)) - 1.0
 
 
-def probation_length(n_rows: int, fraction: float = 0.15, cap: int | None = None) -> int:
+def probation_length(
+    n_rows: int, fraction: float = PROBATION_FRACTION, cap: int | None = PROBATION_CAP
+) -> int:
+    """Rows a detector may learn in before it is scored; NAB caps them so long files count."""
     p = math.floor(fraction * n_rows)
     return p if cap is None else min(p, cap)
 
@@ -73,10 +85,28 @@ class NabFileScore:
     fn: int
 
 
-def _relative_position(i: int, start: int, end: int) -> float:
-    if end == start:
-        return -1.0
-    return (i - end) / (end - start)
+def _check_windows(n_rows: int, windows: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    wins = sorted((int(a), int(b)) for a, b in windows)
+    for (a, b), (c, _) in itertools.pairwise(wins):
+        if c <= b:
+            raise ValueError(f"NAB windows overlap: rows {a}-{b} and from {c}")
+    for a, b in wins:
+        if not 0 <= a <= b < n_rows:
+            raise ValueError(f"NAB window rows {a}-{b} outside a file of {n_rows} rows")
+    return wins
+
+
+def nab_detection_score(i: int, windows: Sequence[tuple[int, int]], prof: NabProfile) -> tuple[int, float]:
+    """(index of the window holding row ``i`` or -1, the row's weighted NAB score)."""
+    k = bisect.bisect_right([a for a, _ in windows], i) - 1  # last window starting at or before i
+    if k >= 0 and i <= windows[k][1]:
+        a, b = windows[k]
+        return k, prof.tp * nab_sigmoid(-(b - i + 1) / (b - a + 1)) / nab_sigmoid(-1.0)
+    if k < 0:
+        return -1, -prof.fp
+    a, b = windows[k]
+    y = (i - b) / (b - a) if b > a else math.inf
+    return -1, prof.fp * nab_sigmoid(y)
 
 
 def nab_file_score(
@@ -88,41 +118,29 @@ def nab_file_score(
 ) -> NabFileScore:
     """Score one file. ``detections`` are row indices; ``windows`` are inclusive row ranges."""
     prof = PROFILES[profile] if isinstance(profile, str) else profile
-    wins = sorted((int(a), int(b)) for a, b in windows)
-    for (a, b), (c, _) in itertools.pairwise(wins):
-        if c <= b:
-            raise ValueError(f"NAB windows overlap: rows {a}-{b} and from {c}")
-    for a, b in wins:
-        if not 0 <= a <= b < n_rows:
-            raise ValueError(f"NAB window rows {a}-{b} outside a file of {n_rows} rows")
+    wins = _check_windows(n_rows, windows)
     prob = probation_length(n_rows) if probation is None else probation
-    scored = [w for w in wins if w[1] >= prob]
-    starts = [a for a, _ in wins]
-
-    raw = 0.0
-    tp = fp = 0
-    hit: set[int] = set()
+    scorable = [k for k, (_, b) in enumerate(wins) if b >= prob]
+    best = {k: -prof.fn for k in scorable}
+    fp_score, fp = 0.0, 0
     for i in sorted(set(int(d) for d in detections)):
         if i < prob or i >= n_rows:
             continue
-        k = bisect.bisect_right(starts, i) - 1  # last window starting at or before i
-        if k >= 0 and i <= wins[k][1]:
-            if k not in hit:
-                hit.add(k)
-                tp += 1
-                raw += prof.tp * nab_sigmoid(_relative_position(i, *wins[k]))
-            continue
-        fp += 1
-        if k < 0:
-            raw -= prof.fp
+        k, s = nab_detection_score(i, wins, prof)
+        if k >= 0:
+            best[k] = max(best[k], s)
         else:
-            a, b = wins[k]
-            raw += prof.fp * nab_sigmoid((i - b) / max(b - a, 1))
-    fn = sum(1 for k, w in enumerate(wins) if w in scored and k not in hit)
-    raw -= prof.fn * fn
-    null = -prof.fn * len(scored)
-    perfect = sum(prof.tp * nab_sigmoid(_relative_position(max(a, prob), a, b)) for a, b in scored)
-    return NabFileScore(raw, null, perfect, tp, fp, fn)
+            fp += 1
+            fp_score += s
+    tp = sum(1 for v in best.values() if v > -prof.fn)
+    return NabFileScore(
+        raw=sum(best.values()) + fp_score,
+        null=-prof.fn * len(scorable),
+        perfect=prof.tp * len(wins),
+        tp=tp,
+        fp=fp,
+        fn=len(scorable) - tp,
+    )
 
 
 def nab_normalised(files: Iterable[NabFileScore]) -> float:

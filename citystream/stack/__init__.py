@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from citystream import kafkaconf
 from citystream.settings import Settings
+from citystream.stack.acl import grant
 from citystream.stack.flink import Flink
 from citystream.stack.kafka import Kafka
 from citystream.stack.service import Service, Status
@@ -70,6 +71,9 @@ def up(settings: Settings, echo: Callable[..., object] = print) -> Settings:
         if changes
         else "topics up to date"
     )
+    if kafkaconf.secure(settings):
+        grant(settings)
+        echo(f"acls   producer, jobs and loader users granted {settings.topic_prefix}* topics")
     return settings
 
 

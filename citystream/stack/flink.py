@@ -1,10 +1,19 @@
 """The stack's Flink: a standalone session cluster from the scripts and jars inside PyFlink.
 
 The cluster's size (task slots, process memory) is set in ``Flink._write_config``.
+
+Its processes (JobManager, TaskManager, their Python workers, the ``flink run``
+clients) get an environment built from scratch (:meth:`Flink.env`): what the
+JVM and the scripts need, and the settings with every secret present but empty.
+The jobs never talk to the store or Grafana, and their Kafka password (the
+``jobs`` user's) reaches the Kafka connector through the table options, not
+the environment: nothing a job or a Flink log could reveal holds another
+component's secret.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +24,10 @@ import yaml
 from citystream import proc
 from citystream.errors import UserError
 from citystream.stack.service import Service, http_json, venv_python
+from citystream.stack.store import INHERITED_VARS
+
+#: What Flink's processes inherit from ours: the store's list, plus what the JVM and the scripts read.
+FLINK_INHERITED = (*INHERITED_VARS, "JAVA_HOME", "USER", "LOGNAME", "HOSTNAME")
 
 
 class Flink(Service):
@@ -37,9 +50,10 @@ class Flink(Service):
         return [self.dir]
 
     def env(self) -> dict[str, str]:
-        """Environment for the bundled ``bin/`` scripts (also used by ``flink run``)."""
+        """The whole environment of the bundled ``bin/`` scripts and ``flink run`` (not added to ours)."""
         venv_bin = str(Path(sys.executable).parent)
-        env = proc.child_env()
+        env = {var: os.environ[var] for var in FLINK_INHERITED if var in os.environ}
+        env.update(self.settings.to_env(secrets=False))
         env.update(
             FLINK_HOME=str(self.home()),
             FLINK_CONF_DIR=str(self.dir / "conf"),

@@ -15,12 +15,27 @@ from kafka import KafkaAdminClient
 
 from citystream import kafkaconf
 from citystream.errors import UserError
-from citystream.settings import Settings
+from citystream.settings import KAFKA_SECURE_MARKER, Settings
 from citystream.stack.service import Service
+from citystream.stack.store import INHERITED_VARS
 
 #: Marker (in the service dir) of a data dir formatted with the SCRAM users: without it a
-#: secure broker would start on PLAINTEXT-formatted metadata that knows no users.
-_SECURE_MARKER = "formatted-with-scram"
+#: secure broker would start on PLAINTEXT-formatted metadata that knows no users. Its presence
+#: is also what makes every later command of this run dir speak SASL_SSL (``settings.load``).
+_SECURE_MARKER = KAFKA_SECURE_MARKER.name
+#: KRaft's own ACL store; ``admin`` (the tools, the broker itself) and ``controller`` are its
+#: only super users, every other user gets the ACLs of :mod:`citystream.stack.acl`.
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+PLAIN_MODULE = "org.apache.kafka.common.security.plain.PlainLoginModule"
+
+
+def java_env() -> dict[str, str]:
+    """The whole environment of the broker's JVM and tools: none of our variables beyond the basics.
+
+    Why from scratch: ours may hold any citystream secret (the Grafana token, the store's
+    passwords); the broker reads its own from ``server.properties`` (0600) and needs none of them.
+    """
+    return {var: os.environ[var] for var in (*INHERITED_VARS, "JAVA_HOME") if var in os.environ}
 
 
 class Kafka(Service):
@@ -48,7 +63,12 @@ class Kafka(Service):
         return kafkaconf.secure(self.settings)
 
     def _listener_props(self) -> dict[str, str]:
-        """PLAINTEXT, or a SASL_SSL listener only (the controller stays local PLAINTEXT, as KRaft needs)."""
+        """PLAINTEXT, or SASL_SSL listeners only, with an authorizer.
+
+        The controller listener is SASL_SSL too, with one static PLAIN user (KRaft cannot use
+        SCRAM there: the SCRAM users live in the metadata the controller serves). A PLAINTEXT
+        controller would make every local process a super user (``User:ANONYMOUS``).
+        """
         s = self.settings
         controller = f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}"
         if not self.secure:
@@ -62,14 +82,22 @@ class Kafka(Service):
         found = kafkaconf.load_secrets(s)
         material = kafkaconf.secrets_dir(s)
         admin = kafkaconf.jaas("admin", found["users"]["admin"])
+        ctl = found["controller"]
+        ctl_jaas = f'{PLAIN_MODULE} required username="controller" password="{ctl}" user_controller="{ctl}";'
         return {
             "listeners": f"SASL_SSL://127.0.0.1:{s.kafka_port},{controller}",
             "advertised.listeners": f"SASL_SSL://127.0.0.1:{s.kafka_port}",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "listener.security.protocol.map": "CONTROLLER:SASL_SSL,SASL_SSL:SASL_SSL",
             "inter.broker.listener.name": "SASL_SSL",
-            "sasl.enabled.mechanisms": kafkaconf.MECHANISM,
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms": kafkaconf.MECHANISM,
             "sasl.mechanism.inter.broker.protocol": kafkaconf.MECHANISM,
             "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": admin,
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": ctl_jaas,
+            "authorizer.class.name": AUTHORIZER,
+            "super.users": "User:admin;User:controller",
+            "allow.everyone.if.no.acl.found": "false",
             "ssl.keystore.type": "PKCS12",
             "ssl.keystore.location": str(material / "broker.p12"),
             "ssl.keystore.password": found["keystore"],
@@ -144,7 +172,9 @@ class Kafka(Service):
             _write_private(argfile, "\n".join(["kafka.tools.StorageTool", *args[1:], *_add_scram(scram)]))
             args = [f"@{argfile}"]
         try:
-            fmt = subprocess.run(self._java(*args), capture_output=True, text=True, check=False)
+            fmt = subprocess.run(
+                self._java(*args), capture_output=True, text=True, check=False, env=java_env()
+            )
         finally:
             argfile.unlink(missing_ok=True)
         if fmt.returncode != 0:
@@ -155,15 +185,30 @@ class Kafka(Service):
         else:
             (self.dir / _SECURE_MARKER).unlink(missing_ok=True)  # a stale one from purged data
 
+    def start(self, timeout_s: float = 120.0) -> str:
+        """Start, unless the requested security contradicts the broker's formatted data."""
+        self._check_mode()
+        return super().start(timeout_s)
+
+    def _check_mode(self) -> None:
+        formatted = (self.data_dir / "meta.properties").exists()
+        marked = (self.dir / _SECURE_MARKER).exists()
+        if self.secure and formatted and not marked:
+            raise UserError(
+                f"the broker data in {self.data_dir} was formatted without SCRAM users; "
+                "`citystream stack down --purge` first to start it --secure"
+            )
+        if not self.secure and marked:
+            raise UserError(
+                f"the broker in {self.dir} was started --secure but CITYSTREAM_KAFKA_SECURITY says "
+                f"{self.settings.kafka_security!r}: unset it (the run dir remembers sasl_ssl), or "
+                "`citystream stack down --purge` first to start it PLAINTEXT"
+            )
+
     def _launch(self) -> subprocess.Popen[bytes]:
         formatted = (self.data_dir / "meta.properties").exists()
         if self.secure:
             ensure_material(self.settings)
-            if formatted and not (self.dir / _SECURE_MARKER).exists():
-                raise UserError(
-                    f"the broker data in {self.data_dir} was formatted without SCRAM users; "
-                    "`citystream stack down --purge` first to start it --secure"
-                )
         config = self._write_config()
         if not formatted:
             self._format(config)
@@ -174,6 +219,7 @@ class Kafka(Service):
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env=java_env(),
             )
 
     def healthy(self) -> bool:
@@ -218,6 +264,9 @@ def ensure_material(settings: Settings) -> Path:
     material = kafkaconf.secrets_dir(settings)
     done = material / kafkaconf.SECRETS_FILE
     if done.exists():
+        found = kafkaconf.load_secrets(settings)
+        if "controller" not in found:  # material made before the controller listener was secured
+            _write_private(done, json.dumps({**found, "controller": secrets.token_urlsafe(24)}, indent=1))
         return material
     keytool = shutil.which("keytool")
     if not keytool:
@@ -230,8 +279,9 @@ def ensure_material(settings: Settings) -> Path:
         "users": {user: secrets.token_urlsafe(24) for user in kafkaconf.USERS},
         "keystore": secrets.token_urlsafe(24),
         "ca": secrets.token_urlsafe(24),
+        "controller": secrets.token_urlsafe(24),
     }
-    env = {**os.environ, "CS_CA_PASS": found["ca"], "CS_KS_PASS": found["keystore"]}
+    env = {**java_env(), "CS_CA_PASS": found["ca"], "CS_KS_PASS": found["keystore"]}
     ca = ["-keystore", str(material / "ca.p12"), "-storetype", "PKCS12", "-storepass:env", "CS_CA_PASS"]
     ks = ["-keystore", str(material / "broker.p12"), "-storetype", "PKCS12", "-storepass:env", "CS_KS_PASS"]
     key = ["-keyalg", "RSA", "-keysize", "2048"]

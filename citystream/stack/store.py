@@ -32,6 +32,7 @@ STORE_FIELDS = frozenset(
         "run_dir",
         "secrets_file",
         "store_port",
+        "store_allowed_origins",
         "clickhouse_url",
         "clickhouse_user",
         "clickhouse_password",

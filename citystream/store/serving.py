@@ -53,9 +53,8 @@ def server_config(settings: Settings, data_dir: Path | None = None, port: int | 
             settings.clickhouse_viewer_user,
             settings.clickhouse_viewer_password,
             1,
-            # Any database for now: the test stacks serve several (see the report); the policy
-            # still limits the viewer to reads, harmless system tables and no table functions.
-            databases=None,
+            # The viewer reads the project's database (and harmless system tables) only.
+            databases=(settings.clickhouse_database,),
             limits=VIEWER_LIMITS,
         ),
     )
@@ -68,6 +67,7 @@ def server_config(settings: Settings, data_dir: Path | None = None, port: int | 
         data_dir=Path(data_dir) if data_dir is not None else default_data_dir(settings),
         port=settings.store_port if port is None else port,
         users=users,
+        allowed_origins=tuple(o.strip() for o in settings.store_allowed_origins.split(",") if o.strip()),
         server_name="citystream-store",
         banner="citystream store",
     )

@@ -117,12 +117,14 @@ class Loader:
         seal_grace_s: float = 60.0,
         seal_max_hours: int = 6,
         client_factory: Callable[[], Any] | None = None,
+        topic_suffix: str = "",
     ) -> None:
+        """``topic_suffix``: load a replay's result topics (``<topic><suffix>``), e.g. into a shadow store."""
         if batch_rows < 1 or batch_ms < 1:
             raise ValueError("batch_rows and batch_ms must be at least 1")
         self.settings = settings
         self.group_id = group_id
-        self.routes = {r.topic: r for r in routes(settings)}
+        self.routes = {r.topic: r for r in routes(settings, topic_suffix)}
         self.stats = LoadStats()
         self.planner = OffsetPlanner()
         db = settings.clickhouse_database
@@ -132,7 +134,9 @@ class Loader:
             settings, group_id, self.routes, self.planner, self.stats,
             batch_rows=batch_rows, batch_ms=batch_ms, max_backoff_s=max_backoff_s,
         )  # fmt: skip
-        self.dead_letters = DeadLetters(settings, settings.topic(DEAD_LETTER), self.stats, max_backoff_s)
+        self.dead_letters = DeadLetters(
+            settings, settings.topic(DEAD_LETTER) + topic_suffix, self.stats, max_backoff_s
+        )
         self.writer = Writer(
             self.routes, db, self.link, self.dead_letters, self.stats, throughput, max_backoff_s
         )
@@ -257,10 +261,12 @@ def load(
     max_backoff_s: float = 30.0,
     metrics_every_s: float = 10.0,
     seal_every_s: float = 10.0,
+    topic_suffix: str = "",
 ) -> LoadStats:
     """Move result records into the store.
 
     With ``until_end`` it stops once the offsets that were current at start are loaded.
+    ``topic_suffix`` loads a replay's result topics (see :class:`Loader`).
     """
     loader = Loader(
         settings,
@@ -270,6 +276,7 @@ def load(
         max_backoff_s=max_backoff_s,
         metrics_every_s=metrics_every_s,
         seal_every_s=seal_every_s,
+        topic_suffix=topic_suffix,
     )
     return loader.run(until_end=until_end, stop=stop, progress=progress)
 

@@ -32,14 +32,17 @@ class Route:
     timestamp_columns: tuple[str, ...] = ()
 
 
-def routes(settings: Settings) -> list[Route]:
-    """The result topics the loader moves, by settings' topic prefix; columns from the Avro schemas."""
+def routes(settings: Settings, topic_suffix: str = "") -> list[Route]:
+    """The result topics the loader moves, by settings' topic prefix; columns from the Avro schemas.
+
+    ``topic_suffix`` (a replay's ``.replay.<run id>``) names a replay's result topics instead.
+    """
     out = []
     for suffix, (record, table) in ROUTES.items():
         fields = contracts.schema(record)["fields"]
         out.append(
             Route(
-                topic=settings.topic(suffix),
+                topic=settings.topic(suffix) + topic_suffix,
                 record=record,
                 table=table,
                 columns=tuple(f["name"] for f in fields),

@@ -67,7 +67,8 @@ from pyflink.table import Schema, Table, TableDescriptor, TableEnvironment
 from citystream.catalog import DOMAIN_NAMES
 from citystream.catalog import DOMAINS as CATALOG
 from citystream.connectors.producer import ReadingProducer, encode
-from citystream.jobs.common import Windows, process, raw_kafka_table, window_options
+from citystream.jobs.common import Windows, process, window_options
+from citystream.jobs.kafka_io import raw_kafka_table
 from citystream.jobs.runtime import table_environment
 from citystream.jobs.sql import kafka_table
 from citystream.proc import free_port

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 from pyflink.table import Table, TableEnvironment
 
-from citystream.jobs.common import Domain, Metric, Outputs, Windows, main_for, process
+from citystream.jobs.common import Domain, Metric, Outputs, Windows, process
+from citystream.jobs.kafka_io import main_for
 
 #: Nominal system frequency, Hz (European grid); deviation metrics are relative to it.
 NOMINAL_HZ = 50.0

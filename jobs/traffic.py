@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 from pyflink.table import Table, TableEnvironment
 
-from citystream.jobs.common import Domain, Metric, Outputs, Windows, main_for, process
+from citystream.jobs.common import Domain, Metric, Outputs, Windows, process
+from citystream.jobs.kafka_io import main_for
 
 #: Occupancy thresholds (percent) of congestion levels 1, 2 and 3.
 CONGESTION_OCCUPANCY = (15.0, 25.0, 40.0)

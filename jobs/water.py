@@ -20,7 +20,8 @@ from collections.abc import Sequence
 
 from pyflink.table import Table, TableEnvironment
 
-from citystream.jobs.common import Domain, Metric, Outputs, Windows, main_for, process
+from citystream.jobs.common import Domain, Metric, Outputs, Windows, process
+from citystream.jobs.kafka_io import main_for
 
 WATER = Domain(
     name="water",

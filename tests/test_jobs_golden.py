@@ -37,8 +37,9 @@ from kafka import KafkaConsumer
 
 from citystream import contracts
 from citystream.connectors.producer import ReadingProducer
-from citystream.jobs.common import Windows, add_inserts, build, process, window_options
+from citystream.jobs.common import Windows, process, window_options
 from citystream.jobs.grid import GRID
+from citystream.jobs.kafka_io import add_inserts, build
 from citystream.jobs.runtime import table_environment
 from citystream.jobs.traffic import TRAFFIC
 from citystream.jobs.water import WATER

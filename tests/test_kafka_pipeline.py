@@ -19,8 +19,9 @@ from citystream import contracts
 from citystream.catalog import GRID as GRID_SPEC
 from citystream.connectors.loader import load
 from citystream.connectors.producer import ReadingProducer
-from citystream.jobs.common import Windows, build, insert_all, process, window_options
+from citystream.jobs.common import Windows, process, window_options
 from citystream.jobs.grid import GRID
+from citystream.jobs.kafka_io import build, insert_all
 from citystream.jobs.runtime import table_environment
 from citystream.store.client import connect
 

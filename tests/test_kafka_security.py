@@ -229,8 +229,9 @@ def test_grid_job_over_sasl_ssl(secure: Settings, capfd: pytest.CaptureFixture[s
     # pyflink is heavy: imported only by the one test that runs a job.
     import pyflink
 
-    from citystream.jobs.common import Windows, build, insert_all, process, window_options
+    from citystream.jobs.common import Windows, process, window_options
     from citystream.jobs.grid import GRID
+    from citystream.jobs.kafka_io import build, insert_all
     from citystream.jobs.runtime import table_environment
     from tests.test_kafka_pipeline import readings
 

@@ -4,7 +4,7 @@ Against a real ``citystream store serve`` (subprocess, free 127.0.0.1 port) with
 clickhouse-connect 1.12 and raw HTTP: streamed results (chunked, bounded
 memory, ClickHouse's mid-stream ``__exception__`` block), per-query settings
 and ``database`` that do not stick to a session, ClickHouse error codes for
-corrupt bodies. Against an in-process :class:`~citystream.chserver.server.Server`
+corrupt bodies. Against :func:`~citystream.chserver.server.serve` in its own process
 (configured small): the loader's reserved query slot, slow clients dropped,
 a buffered result's cap and configured browser origins. No timing assertions:
 stalls are ratios measured in the same run.
@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import base64
 import http.client
+import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -27,8 +31,6 @@ from test_store_security import RssWatch
 from test_store_server import PASSWORD, VIEWER_PASSWORD, RunningStore, _client, running_store
 
 from citystream.chserver import wire
-from citystream.chserver.config import ServerConfig, User
-from citystream.chserver.server import Server
 from citystream.settings import Settings
 from citystream.store.serving import server_config
 
@@ -244,30 +246,49 @@ def test_corrupt_compressed_bodies_get_clickhouse_codes(store: RunningStore) -> 
     assert rss.peak - rss.start < 64 << 20  # the 4 GB claim was refused before any allocation
 
 
-# --------------------------------------------------------------------------- in-process, small limits
+# --------------------------------------------------------------------------- small limits, own process
+
+#: A server with small limits, in its own process: chdb allows one engine path per process, and
+#: other tests of the same pytest run open one in-process.
+_SMALL_SERVER = f"""
+import sys
+from pathlib import Path
+from citystream.chserver.config import ServerConfig, User
+from citystream.chserver.server import serve
+config = ServerConfig(
+    data_dir=Path(sys.argv[1]), port=0,
+    users=(User("default", {PASSWORD!r}, 0), User("viewer", {VIEWER_PASSWORD!r}, 1)),
+    max_concurrent_queries=2, reserved_writer_slots=1, queue_timeout_s=1.0, header_timeout_s=1.0,
+    request_timeout_s=1.0, keep_alive_timeout_s=1.0, max_buffered_result_bytes=1 << 20,
+    allowed_origins=("http://grafana.local:3000",),
+)
+sys.exit(serve(config))
+"""
+
+
+@dataclass
+class SmallServer:
+    port: int
 
 
 @pytest.fixture
-def small_server(tmp_path: Path) -> Iterator[Server]:
-    config = ServerConfig(
-        data_dir=tmp_path / "data",
-        port=0,
-        users=(User("default", PASSWORD, 0), User("viewer", VIEWER_PASSWORD, 1)),
-        max_concurrent_queries=2,
-        reserved_writer_slots=1,
-        queue_timeout_s=1.0,
-        header_timeout_s=1.0,
-        request_timeout_s=1.0,
-        keep_alive_timeout_s=1.0,
-        max_buffered_result_bytes=1 << 20,
-        allowed_origins=("http://grafana.local:3000",),
-    )
-    server = Server(config)
-    server.start()
+def small_server(tmp_path: Path) -> Iterator[SmallServer]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SMALL_SERVER, str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
     try:
-        yield server
+        banner = proc.stdout.readline() if proc.stdout else ""
+        found = re.search(r"http://127\.0\.0\.1:(\d+)", banner)
+        assert found, f"the server did not start: {banner!r}"
+        yield SmallServer(int(found.group(1)))
     finally:
-        server.stop()
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _post(port: int, query: str, user: str = "default", password: str = PASSWORD, **params: str):  # type: ignore[no-untyped-def]
@@ -280,7 +301,7 @@ def _post(port: int, query: str, user: str = "default", password: str = PASSWORD
         conn.close()
 
 
-def test_readers_cannot_take_the_loaders_slot(small_server: Server) -> None:
+def test_readers_cannot_take_the_loaders_slot(small_server: SmallServer) -> None:
     port = small_server.port
     # A viewer streaming a huge result it does not read holds the one reader slot.
     conn, response = _open(
@@ -295,7 +316,7 @@ def test_readers_cannot_take_the_loaders_slot(small_server: Server) -> None:
         conn.close()
 
 
-def test_buffered_result_is_capped(small_server: Server) -> None:
+def test_buffered_result_is_capped(small_server: SmallServer) -> None:
     _, code, text = _post(small_server.port, "SELECT number FROM numbers(1000000)", wait_end_of_query="1")
     assert code == "396" and text.startswith(b"Code: 396.")
     assert (
@@ -325,7 +346,7 @@ def _dribble(port: int, total: int) -> int:
     return len(request)
 
 
-def test_slow_clients_are_dropped(small_server: Server) -> None:
+def test_slow_clients_are_dropped(small_server: SmallServer) -> None:
     # header_timeout_s = 1: a client sending 20 bytes/s is cut off long before its 200 bytes are out.
     sent = _dribble(small_server.port, 200)
     assert sent < 150, sent
@@ -357,7 +378,7 @@ def test_slow_clients_are_dropped(small_server: Server) -> None:
     assert _post(small_server.port, "SELECT 1") == (200, None, b"1\n")
 
 
-def test_configured_origin_is_accepted_others_refused(small_server: Server) -> None:
+def test_configured_origin_is_accepted_others_refused(small_server: SmallServer) -> None:
     def with_origin(origin: str) -> int:
         conn = http.client.HTTPConnection("127.0.0.1", small_server.port, timeout=30)
         try:

@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from test_store_security import _verdict as security_verdict
 from test_store_server import PASSWORD, RunningStore, _client, running_store
-
-from citystream.chserver.errors import StoreError
 
 pytestmark = pytest.mark.security
 
@@ -31,26 +30,8 @@ def engine_conn() -> Iterator[object]:
 
 
 def _verdict(conn: object, text: str, readonly: bool, binds: dict[str, str] | None = None) -> int:
-    """0 when the policy accepts ``text``; else the ClickHouse error code of the refusal."""
-    import chdb
-
-    from citystream.chserver.policy import Policy, Who, inspect, table_functions
-
-    who = Who(
-        "viewer" if readonly else "default",
-        readonly,
-        frozenset({"srv"}) if readonly else None,
-        "srv",
-        CAPS,
-    )
-    try:
-        canonical, tree = inspect(conn, text, binds or {})
-        Policy(table_functions(conn), lambda: chdb.connect(":memory:")).check(who, canonical, tree)
-    except StoreError as err:
-        return err.code
-    except Exception as exc:  # an engine parse error: refused before anything runs
-        return StoreError.from_engine(exc).code
-    return 0
+    """The security suite's verdict, with a writer's caps in force (escalations are judged against them)."""
+    return security_verdict(conn, text, readonly, binds, caps=CAPS)
 
 
 OUTSIDE_THE_VIEWERS_DATABASE = [

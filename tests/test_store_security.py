@@ -6,7 +6,7 @@ every probe against a real ``citystream store serve`` on a free 127.0.0.1
 port (raw HTTP, as curl would send it): viewer writes, file/url reads,
 settings escalation, missing or wrong credentials, foreign Host/Origin,
 compression bombs per encoding while the server's RSS is watched, a huge
-query, header injection and a burst of 16 connections.
+query and header injection (a burst of 16 connections: test_store_fidelity).
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from __future__ import annotations
 import base64
 import gzip
 import http.client
-import socket
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,13 +53,20 @@ def engine_conn() -> Iterator[object]:
     conn.close()
 
 
-def _verdict(conn: object, text: str, readonly: bool, binds: dict[str, str] | None = None) -> int:
+def _verdict(
+    conn: object,
+    text: str,
+    readonly: bool,
+    binds: dict[str, str] | None = None,
+    caps: dict[str, int] | None = None,
+) -> int:
     """0 when the policy accepts ``text``; else the ClickHouse error code of the refusal."""
     import chdb
 
     from citystream.chserver.policy import Policy, Who, inspect, table_functions
 
-    who = Who("viewer" if readonly else "default", readonly, frozenset({"srv"}) if readonly else None, "srv")
+    scope = frozenset({"srv"}) if readonly else None
+    who = Who("viewer" if readonly else "default", readonly, scope, "srv", *([caps] if caps else []))
     try:
         canonical, tree = inspect(conn, text, binds or {})
         Policy(table_functions(conn), lambda: chdb.connect(":memory:")).check(who, canonical, tree)
@@ -427,34 +432,6 @@ def test_echoed_values_cannot_inject_headers(store: RunningStore) -> None:
             assert "Set-Cookie" not in headers and "X-Injected" not in headers, headers
             assert all("\r" not in v and "\n" not in v for v in headers.values())
             assert b"Traceback" not in body
-
-
-def _timed_request(port: int, out: list[float], ready: threading.Barrier) -> None:
-    ready.wait()
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(f"GET /ping HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(4096):
-            data += chunk
-    assert data.endswith(b"Ok.\n")
-    out.append(time.monotonic() - started)
-
-
-def test_sixteen_connections_at_once_are_all_answered_without_a_stall(store: RunningStore) -> None:
-    for _ in range(3):
-        times: list[float] = []
-        ready = threading.Barrier(16)
-        threads = [
-            threading.Thread(target=_timed_request, args=(store.port, times, ready)) for _ in range(16)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert len(times) == 16
-        # A full backlog shows as a ~1 s SYN retry; answered connections take milliseconds.
-        assert max(times) < 0.9, times
 
 
 def test_errors_carry_no_python_internals(store: RunningStore) -> None:

@@ -267,8 +267,9 @@ def test_every_topic_a_job_reads_or_writes_is_in_the_spec() -> None:
     """A job writing a topic the spec (and so the loader) does not know loses its output silently."""
     import re
 
-    from citystream.jobs.common import Windows, build
+    from citystream.jobs.common import Windows
     from citystream.jobs.grid import GRID
+    from citystream.jobs.kafka_io import build
     from citystream.jobs.traffic import TRAFFIC
     from citystream.jobs.water import WATER
     from citystream.settings import Settings

@@ -21,8 +21,9 @@ from kafka import KafkaConsumer
 from citystream import contracts
 from citystream.catalog import GRID as GRID_SPEC
 from citystream.connectors.producer import ReadingProducer
-from citystream.jobs.common import Windows, build, insert_all, process, raw_kafka_table, window_options
+from citystream.jobs.common import Windows, process, window_options
 from citystream.jobs.grid import GRID
+from citystream.jobs.kafka_io import build, insert_all, raw_kafka_table
 from citystream.jobs.runtime import table_environment
 from citystream.jobs.traffic import TRAFFIC
 from citystream.jobs.water import WATER

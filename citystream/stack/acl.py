@@ -42,7 +42,7 @@ PRODUCED = ("labels",)
 #: What the Flink jobs write (the domain jobs' four outputs, the detect job's three).
 JOB_OUTPUTS = ("aggregates", "late-events", "dead-letter", "sensor-health", "anomalies", "alerts")
 JOB_INPUTS = ("aggregates",)
-#: Consumer groups of the jobs' Kafka sources (jobs/common.py, jobs/detect.py).
+#: Consumer groups of the jobs' Kafka sources (jobs/kafka_io.py, jobs/detect.py).
 JOB_GROUPS = (*(f"citystream-{name}" for name in DOMAIN_NAMES), "citystream-detect")
 #: Every loader's group starts so (the store's loader, the demo's, a test's).
 LOADER_GROUP_PREFIX = "citystream-loader"

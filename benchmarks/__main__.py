@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 #: In the order they run; a module that does not exist (yet) is skipped.
-MODULES = ["jobs", "store", "producer"]
+MODULES = ["jobs", "store", "producer", "backtest"]
 
 
 def main(argv: list[str]) -> int:

@@ -18,6 +18,8 @@ import pytest
 
 from citystream.detection import (
     CalibratedLevel,
+    EwmaZ,
+    Likelihood,
     MetricDetector,
     MetricRule,
     MetricState,
@@ -25,6 +27,7 @@ from citystream.detection import (
     load_config,
     parse_config,
 )
+from citystream.detection.univariate import MaxOf, SeasonalProfile
 from citystream.errors import UserError
 from citystream.evaluation import benchmarks
 from citystream.evaluation.datasets import Recording, default_root, load_nab
@@ -151,6 +154,17 @@ def test_level_model_is_chosen_in_the_config() -> None:
         parse_config({"imported": {"level_model": "magic"}})
 
 
+def test_calibrated_level_defaults_are_the_model_that_won_the_benchmarks() -> None:
+    """Every knob is a rule field now; its defaults must build exactly the model chosen before."""
+    level = CalibratedLevel.for_rule(MetricRule("value", level_model="calibrated"))
+    chosen = MaxOf((Likelihood(SeasonalProfile()), Likelihood(EwmaZ())), bonferroni=True, name="calibrated")
+    assert level.model == chosen
+    assert (level.on, level.off, level.hold_windows, level.refractory_windows) == (0.999, 0.99, 30, 30)
+    assert level.shift_after_windows == 0  # recovery is opt-in per rule
+    gate = level.gate(W)
+    assert (gate.hold_ms, gate.refractory_ms) == (30 * W, 30 * W)
+
+
 def test_calibrated_level_alarms_once_on_a_shift_and_holds_the_condition() -> None:
     rnd = random.Random(3)
     det = MetricDetector(MetricRule("value", level_model="calibrated", stuck_windows=0))
@@ -219,3 +233,19 @@ def test_evaluate_scores_the_configured_stage_1() -> None:
     alarms = benchmarks.recording_alarms(rec, variant, config)
     channel = next(iter(rec.channels))
     assert alarms[0] == benchmarks.channel_alarms(rec, channel, config.imported_rule(channel))[0]
+
+
+def test_the_rule_sets_the_calibrated_models_weekly_restart_and_physical_floor() -> None:
+    """A channel's physical range becomes its scale floor (issue 13: never the numeric floor)."""
+    from citystream.detection.level import CalibratedLevel
+
+    ranged = CalibratedLevel.for_rule(MetricRule("tank", low=0.0, high=6.0)).model
+    seasonal, ewma = (part.inner for part in ranged.parts)
+    assert seasonal.scale_floor == ewma.scale_floor == pytest.approx(0.06)
+    assert seasonal.auto_weekly and seasonal.restart_after == ewma.restart_after == 4
+    plain = CalibratedLevel.for_rule(
+        MetricRule("x", cal_seasonal_weekly=False, cal_restart_after=0, cal_scale_floor=0.5)
+    ).model
+    seasonal, ewma = (part.inner for part in plain.parts)
+    assert (seasonal.auto_weekly, seasonal.restart_after, seasonal.scale_floor) == (False, 0, 0.5)
+    assert CalibratedLevel.for_rule(MetricRule("y")).model.parts[0].inner.scale_floor is None

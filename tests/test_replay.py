@@ -296,3 +296,22 @@ def test_detect_replayed_over_an_earlier_replay_equals_the_live_verdicts(live, r
         assert want and _rows(settings, again.database, table) == want
     with pytest.raises(UserError, match="was used before"):
         replay_detect(settings, "eq1", run_id="eq2")
+
+
+@pytest.mark.integration
+def test_a_paced_replay_through_flink_equals_the_live_rows(live) -> None:
+    """``--speed``: the job reads a paced copy of its input; the copy holds the same records in order."""
+    settings = live["settings"]
+    result = replay(
+        settings, "water", live["readings"], run_id="pc1", speed=50.0, job_args=JOB_ARGS, parallelism=1
+    )
+    assert result.topics["aggregates"] == settings.topic("aggregates") + ".replay.pc1"
+    for table in ("window_aggregates", "late_events", "dead_letters"):
+        want = _rows(settings, "rpl", table)
+        assert want or table == "late_events", f"the live run produced no {table}"
+        got = _rows(settings, result.database, table)
+        if table == "dead_letters":  # a dead letter names the topic it was read from: here the paced copy
+            copy = settings.topic("readings.water") + ".replay.pc1"
+            assert got and {r[0] for r in got} == {copy}
+            got = sorted(((settings.topic("readings.water"), *r[1:]) for r in got), key=repr)
+        assert got == want

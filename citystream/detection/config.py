@@ -21,6 +21,14 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "infra" / "detection.toml
 DETECTORS = ("level", "peak", "rule")
 #: Level models of stage 1 (``citystream.detection.metric``): see its docstring.
 LEVEL_MODELS = ("ewma", "calibrated")
+#: What a channel measures (issue 13): decides which level model may judge it.
+#: continuous - a physical quantity (level, pressure, flow); the default.
+#: counter    - a count per window (vehicles, pulses); validated, judged as continuous for now.
+#: status     - an on/off or discrete state (pump running, valve open): a state model, not z-scores.
+#: setpoint   - a commanded value that changes in steps; validated, judged as continuous for now.
+CHANNELS = ("continuous", "counter", "status", "setpoint")
+#: Tails of the calibration (``citystream.detection.calibrate.Likelihood``).
+TAILS = ("gaussian", "gpd")
 SEVERITIES = ("info", "warning", "critical")
 
 # --------------------------------------------------------------------------- configuration
@@ -60,6 +68,28 @@ class MetricRule:
     high: float | None = None
     rule_low: float | None = None
     rule_high: float | None = None
+    channel: str = "continuous"
+    # The calibrated level model (level_model = "calibrated"; detection.metric.CalibratedLevel).
+    # Counts are in windows (readings) of the key's own window length, and every gate and average
+    # is measured in time (count x window length), so irregular sampling does not shift them.
+    alarm_on: float = 0.999  #: calibrated score that raises an alarm condition
+    alarm_off: float = 0.99  #: ... which clears below this
+    alarm_hold_windows: int = 30  #: minimum time a condition stays active
+    alarm_refractory_windows: int = 30  #: minimum time between two alarms of one key
+    shift_after_windows: int = 0  #: a condition active this long becomes a level shift (0: never)
+    lik_short_windows: int = 8  #: the calibration's short average of surprise
+    lik_halflife_windows: float = 3000.0  #: memory of the calibration's long-run statistics
+    lik_warmup: int = 100  #: scored readings before the calibration may alarm
+    lik_clip: float = 4.0  #: long-run updates winsorised at this many sd
+    lik_tail: str = "gaussian"  #: "gaussian" or "gpd" (peaks over threshold)
+    cal_ewma_halflife_windows: float = 200.0  #: the calibrated model's EWMA part
+    cal_ewma_warmup: int = 60
+    cal_seasonal_buckets: int = 24  #: time-of-day cells of the seasonal part
+    cal_seasonal_rate: float = 0.1
+    cal_seasonal_min_days: int = 3  #: days seen before a cell may score
+    cal_seasonal_weekly: bool = True  #: choose hour-of-week per stream once two weeks fit better
+    cal_restart_after: int = 4  #: a constant channel leaving its level this many readings re-learns
+    cal_scale_floor: float | None = None  #: physical scale floor (default: 1 % of [low, high] if set)
 
     @property
     def alpha(self) -> float:
@@ -122,10 +152,11 @@ def _typed(where: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, list) or any(v not in DETECTORS for v in value):
             raise UserError(f"{where}: detectors must be a list drawn from {', '.join(DETECTORS)}")
         return tuple(value)
-    if key == "level_model":
-        if value not in LEVEL_MODELS:
-            raise UserError(f"{where}: level_model must be one of {', '.join(LEVEL_MODELS)}")
-        return value
+    for name, allowed in (("level_model", LEVEL_MODELS), ("channel", CHANNELS), ("lik_tail", TAILS)):
+        if key == name:
+            if value not in allowed:
+                raise UserError(f"{where}: {name} must be one of {', '.join(allowed)}")
+            return value
     if isinstance(default, bool) or key in ("zero_is_normal", "skip_zero"):
         if not isinstance(value, bool):
             raise UserError(f"{where}: {key} must be true or false")
@@ -188,6 +219,7 @@ def _metric_rule(where: str, name: str, table: Mapping[str, Any], defaults: Mapp
     rule = MetricRule(name, **kw)
     if rule.halflife_windows <= 0 or rule.level_z <= 0 or rule.peak_z <= 0:
         raise UserError(f"{where}: halflife_windows, level_z and peak_z must be positive")
+    _check_calibrated(where, rule)
     for lo, hi in (("low", "high"), ("rule_low", "rule_high")):
         a, b = getattr(rule, lo), getattr(rule, hi)
         if a is not None and b is not None and a >= b:
@@ -195,6 +227,23 @@ def _metric_rule(where: str, name: str, table: Mapping[str, Any], defaults: Mapp
     if "rule" in rule.detectors and rule.rule_low is None and rule.rule_high is None:
         raise UserError(f"{where}: the rule detector needs rule_low and/or rule_high")
     return rule
+
+
+def _check_calibrated(where: str, rule: MetricRule) -> None:
+    """The calibrated level model's knobs: a gate that cannot clear or an empty average is a typo."""
+    if not 0.0 < rule.alarm_off <= rule.alarm_on < 1.0:
+        raise UserError(f"{where}: alarm_on and alarm_off need 0 < alarm_off <= alarm_on < 1")
+    positive = ("lik_short_windows", "lik_halflife_windows", "lik_clip", "cal_ewma_halflife_windows")
+    positive += ("cal_seasonal_buckets", "cal_seasonal_rate")
+    bad = [k for k in positive if getattr(rule, k) <= 0]
+    if bad:
+        raise UserError(f"{where}: {', '.join(bad)} must be positive")
+    if rule.lik_warmup < 2 or rule.cal_seasonal_rate > 1.0:
+        raise UserError(f"{where}: lik_warmup must be >= 2 and cal_seasonal_rate at most 1")
+    if 86_400 % rule.cal_seasonal_buckets:
+        raise UserError(f"{where}: cal_seasonal_buckets must divide a day into whole seconds")
+    if rule.shift_after_windows and rule.shift_after_windows <= rule.alarm_hold_windows:
+        raise UserError(f"{where}: shift_after_windows must exceed alarm_hold_windows (or be 0: never)")
 
 
 def load_config(path: Path | str | None = None) -> DetectionConfig:

@@ -14,6 +14,8 @@ The level model is chosen per metric in ``infra/detection.toml`` (``level_model`
 * ``calibrated`` - a time-of-day profile and an EWMA, each self-calibrated (anomaly
   likelihood) and gated into rare alarms. It won on the real benchmarks (NAB, BATADAL,
   SKAB: ``citystream evaluate``), where one fixed z threshold does not carry across streams.
+  Its knobs, its recovery from conditions that never end (``shift_after_windows``: a level
+  shift) and the state model of ``channel = "status"`` live in ``citystream.detection.level``.
 
 This class is the only per-metric detector: the Flink job and ``citystream evaluate`` both
 call ``MetricDetector.step`` per key, so the quality table describes the code that runs.
@@ -26,21 +28,13 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from datetime import UTC, datetime
 from statistics import NormalDist
 from typing import Any, ClassVar
 
-from citystream.detection.base import State, is_missing, tail_score
-from citystream.detection.calibrate import (
-    ALARM_OFF,
-    ALARM_ON,
-    HOLD_WINDOWS,
-    REFRACTORY_WINDOWS,
-    AlarmGate,
-    Likelihood,
-)
+from citystream.detection.base import is_missing, tail_score
 from citystream.detection.config import MetricRule
-from citystream.detection.univariate import EwmaZ, MaxOf, SeasonalProfile
+from citystream.detection.level import CalibratedLevel
 
 #: 0.6745 * this = 1: turns a mean absolute deviation into a Gaussian sigma.
 MAD_TO_SIGMA = math.sqrt(math.pi / 2.0)
@@ -51,8 +45,15 @@ CLIP = 3.0
 OK, FLAT, OUT_OF_RANGE = "ok", "flat", "out_of_range"
 #: Detector names in verdicts (and so in Anomaly records).
 LEVEL, LEVEL_CALIBRATED, PEAK, RULE = "level-v1", "level-lik-v1", "peak-v1", "rule-v1"
+#: A calibrated condition that outlasted ``shift_after_windows``; a status channel's state model.
+LEVEL_SHIFT, STATUS = "level-shift-v1", "status-v1"
 
 _NORMAL = NormalDist()
+
+
+def _utc(t_ms: int) -> str:
+    """A window end as an operator reads it (UTC, minutes)."""
+    return datetime.fromtimestamp(t_ms / 1000.0, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def fmt(x: float) -> str:
@@ -122,51 +123,6 @@ class MetricState:
         return cls(**data)
 
 
-# --------------------------------------------------------------------------- calibrated level model
-
-
-@dataclass(frozen=True)
-class CalibratedLevel:
-    """Time-of-day profile and EWMA on the window mean, each self-calibrated, behind an alarm gate.
-
-    Why the gate lives here and not in stage 2: its hold and refractory times are
-    what made the calibrated score usable on the benchmarks; stage 2 still groups
-    and keeps alerts open from the verdict's z.
-    """
-
-    on: float = ALARM_ON
-    off: float = ALARM_OFF
-    hold_windows: int = HOLD_WINDOWS
-    refractory_windows: int = REFRACTORY_WINDOWS
-
-    @cached_property
-    def model(self) -> MaxOf:
-        return MaxOf((Likelihood(SeasonalProfile()), Likelihood(EwmaZ())), bonferroni=True, name="calibrated")
-
-    @lru_cache(maxsize=16)  # noqa: B019 - a handful of frozen, module-lifetime instances
-    def gate(self, window_ms: int) -> AlarmGate:
-        return AlarmGate(
-            self.on, self.off, self.hold_windows * window_ms, self.refractory_windows * window_ms
-        )
-
-    def init(self) -> State:
-        return {"model": self.model.init(), "gate": AlarmGate().init()}
-
-    def step(self, state: State, t_ms: int, window_ms: int, value: float) -> tuple[State, float, bool]:
-        """Fold one window mean in; return (new state, calibrated score, alarm due now)."""
-        model_state, score, _ = self.model.step(state["model"], t_ms, value)
-        gate_state, fired, _ = self.gate(window_ms).step(state["gate"], t_ms, score)
-        return {"model": model_state, "gate": gate_state}, score, fired == 1.0
-
-    @staticmethod
-    def active(state: State | None) -> bool:
-        """Is an alarm condition ongoing (what BATADAL's hourly scoring reads)?"""
-        return state is not None and AlarmGate.active(state["gate"])
-
-
-CALIBRATED = CalibratedLevel()
-
-
 # --------------------------------------------------------------------------- the detector
 
 
@@ -178,6 +134,7 @@ class _Evidence:
     detector: str = ""
     expected: float | None = None
     score: float | None = None  #: set when the model produced a calibrated score itself
+    why: str = ""  #: the calibrated model's own words (level shift start, status event)
 
 
 @dataclass(frozen=True)
@@ -187,8 +144,14 @@ class MetricDetector:
     rule: MetricRule
 
     def init(self) -> MetricState:
-        calibrated = self.rule.level_model == "calibrated" and "level" in self.rule.detectors
-        return MetricState(calibrated=CALIBRATED.init() if calibrated else None)
+        r = self.rule
+        calibrated = "level" in r.detectors and (r.level_model == "calibrated" or r.channel == "status")
+        return MetricState(calibrated=self.calibrated_level.init() if calibrated else None)
+
+    @property
+    def calibrated_level(self) -> CalibratedLevel:
+        """This rule's calibrated level model (cached across detectors with equal knobs)."""
+        return CalibratedLevel.for_rule(self.rule)
 
     def ready(self, state: MetricState) -> bool:
         return state.windows >= self.rule.warmup_windows
@@ -274,12 +237,15 @@ class MetricDetector:
             ev = self._ewma(state, new, mean, max(hi - mean, mean - lo), hi - mean >= mean - lo, verdict)
         if state.calibrated is not None:
             window_ms = max(1, int(row["window_end"]) - int(row["window_start"]))
-            new.calibrated, score, fired = CALIBRATED.step(
-                state.calibrated, int(row["window_end"]), window_ms, mean
-            )
+            step = self.calibrated_level.step(state.calibrated, int(row["window_end"]), window_ms, mean)
+            new.calibrated, score = step.state, step.score
             sign = -1.0 if m is not None and mean < m else 1.0
-            if fired or not ev.detector:
-                ev = _Evidence(sign * score_to_z(score), LEVEL_CALIBRATED if fired else "", m, score)
+            z = sign * score_to_z(score)
+            if step.shift_since is not None:
+                ev = _Evidence(z, LEVEL_SHIFT, m, score, f"level shift since {_utc(step.shift_since)}")
+            elif step.fired or not ev.detector:
+                found = (STATUS if r.channel == "status" else LEVEL_CALIBRATED) if step.fired else ""
+                ev = _Evidence(z, found, m, score, step.why)
         return ev
 
     def _ewma(
@@ -301,7 +267,7 @@ class MetricDetector:
                 verdict["lz"] = z
             if ewma_level and abs(z) >= r.level_z:
                 ev = _Evidence(z, LEVEL, m)
-            if "peak" in r.detectors and pz >= r.peak_z and pz > abs(ev.z):
+            if "peak" in r.detectors and r.channel != "status" and pz >= r.peak_z and pz > abs(ev.z):
                 ev = _Evidence(pz if up else -pz, PEAK, m)
             if not ev.detector and ewma_level:
                 ev = _Evidence(z, "", m)  # below threshold: still evidence for hysteresis
@@ -358,8 +324,8 @@ def _describe(rule: MetricRule, row: Mapping[str, Any], verdict: dict[str, Any],
     if not ev.detector:
         return
     mean, best_z = row["mean"], ev.z
-    if ev.detector == LEVEL_CALIBRATED:
-        threshold = score_to_z(CALIBRATED.on)
+    if ev.detector in (LEVEL_CALIBRATED, LEVEL_SHIFT, STATUS):
+        threshold = score_to_z(rule.alarm_on)
     else:
         threshold = rule.peak_z if ev.detector == PEAK else rule.level_z
     verdict["detector"] = ev.detector
@@ -376,6 +342,15 @@ def _describe(rule: MetricRule, row: Mapping[str, Any], verdict: dict[str, Any],
         extreme = row["max"] if best_z > 0 else row["min"]
         verdict["note"] = (
             f"{rule.name} swung to {fmt(extreme)} within the window ({abs(best_z):.0f} x its usual excursion)"
+        )
+    elif ev.detector == LEVEL_SHIFT:
+        verdict["note"] = (
+            f"{rule.name} {fmt(mean)}: {ev.why}; the alarm condition ends and the baseline re-learns "
+            "from the new level"
+        )
+    elif ev.detector == STATUS:
+        verdict["note"] = (
+            f"{rule.name} {fmt(mean)}: {ev.why}" if ev.why else f"{rule.name} {fmt(mean)}: unusual status"
         )
     elif ev.detector == LEVEL_CALIBRATED:
         tail = max(1.0 - (ev.score or 0.0), 1e-12)

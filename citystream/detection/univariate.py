@@ -6,6 +6,24 @@ window, Holt-Winters, learned band, periodic and null baselines) lost on the
 benchmarks and were removed so that only code the job runs is scored. Each keeps
 the contract of ``base`` so the calibration layer can wrap any of them.
 
+Three things hold for both models (issue 13):
+
+* **Time, not counts.** Each reading weighs as many "typical intervals" as have
+  passed since the previous one (the stream's median cadence, learned from its
+  first intervals, or ``cadence_ms`` when given). Half-lives and warm-ups are in
+  those intervals, so a regular series scores exactly as before while an
+  irregularly sampled one learns at the same pace per hour as a regular one.
+* **A floor from the data, not from the float type.** A spread smaller than
+  ``scale_floor`` (physical: a share of the range, an on/off step) is not
+  trusted for scoring. A key whose spread is below that or below the rounding
+  noise of the smallest non-zero step seen (its quantum q: q / sqrt(12)) has
+  been constant: when it leaves its level for good (``restart_after`` readings
+  on the same side; 0 = never) it has scored its event, and its baseline warms up again at the new
+  level instead of calling every later reading a many-sigma event while a
+  zero spread slowly grows.
+* **State is plain JSON**; fields added since an older build are filled in
+  when an older checkpoint is read.
+
 Per-step code is plain float maths on purpose: it runs once per aggregate per
 key inside Flink, where numpy's call overhead would cost more than it saves.
 """
@@ -27,7 +45,15 @@ from citystream.detection.base import (
 
 MISSING = "missing value skipped"
 _DAY_MS = 86_400_000
+_WEEK_MS = 7 * _DAY_MS
 _MEANAD_TO_SIGMA = 1.2533  # mean absolute deviation -> standard deviation (Gaussian)
+#: Intervals collected before the cadence is fixed (their median), then it drifts
+#: by at most ``_CADENCE_DRIFT`` per reading, so bursts do not redefine "typical".
+_CADENCE_SEED = 9
+_CADENCE_DRIFT = 0.01
+#: A reading closer than this share of the cadence to the previous one still counts this much.
+_MIN_UNITS = 0.1
+_ROUNDING_SD = 1.0 / math.sqrt(12.0)
 
 
 def _floor(scale: float, centre: float, min_scale: float, rel_scale: float) -> float:
@@ -39,6 +65,96 @@ def _floor(scale: float, centre: float, min_scale: float, rel_scale: float) -> f
     return max(scale, min_scale, rel_scale * abs(centre))
 
 
+# --------------------------------------------------------------------------- shared stream facts
+
+
+def _stream_init() -> State:
+    """Clock (last time, cadence, the first intervals) and quantum (smallest step, last value)."""
+    return {"t": None, "cad": 0.0, "cq": [], "qv": 0.0, "x": None, "o": None}
+
+
+def _tick(state: State, t_ms: int, fixed_ms: float | None, max_gap: float) -> tuple[float, list[int], float]:
+    """Cadence and seed intervals after a reading at ``t_ms``, and how many intervals it stands for.
+
+    Why the median of the first intervals and then a slow drift: a sensor's
+    cadence is a property of the sensor, so a burst of fast readings or a
+    gap must not change the unit the half-lives are measured in. Gaps count
+    at most ``max_gap`` intervals: after an outage the model catches up
+    faster, but the history is not thrown away.
+    """
+    last, c, q = state.get("t"), state.get("cad", 0.0), state.get("cq", [])
+    if last is None:
+        return c, q, 1.0
+    dt = t_ms - last
+    if dt == c and fixed_ms is None and len(q) >= _CADENCE_SEED:
+        return c, q, 1.0  # the common case: a regular series, on time
+    if dt > 0 and fixed_ms is None:
+        if len(q) < _CADENCE_SEED:
+            q = sorted([*q, dt])
+            mid = len(q) // 2
+            c = float(q[mid]) if len(q) % 2 else (q[mid - 1] + q[mid]) / 2.0
+        elif dt > c:
+            c *= math.exp(_CADENCE_DRIFT)
+        elif dt < c:
+            c *= math.exp(-_CADENCE_DRIFT)
+    unit = fixed_ms if fixed_ms is not None else c
+    if unit <= 0 or dt < 0:  # no cadence yet, or a late reading: it stands for one interval
+        return c, q, 1.0
+    return c, q, min(max(dt / unit, _MIN_UNITS), max_gap)
+
+
+def _decay(per_unit: float, units: float) -> float:
+    """Weight of a reading worth ``units`` intervals when one interval weighs ``per_unit``."""
+    return per_unit if units == 1.0 else 1.0 - (1.0 - per_unit) ** units
+
+
+def _floors(state: State, det: Any) -> tuple[float, float]:
+    """(scale floor for scoring, spread below which the key counts as constant).
+
+    Why q / sqrt(12): that is the standard deviation of rounding to a step of
+    q, the least spread a reading of that resolution can honestly claim; a
+    key whose learned spread is below it has been constant. It is also the
+    scoring floor only with ``quantum_floor``: on the benchmarks it cost NAB
+    points on series that are constant between spikes (every spike is a
+    quantum there, so later spikes scored 3.5 sd instead of many).
+    """
+    physical = max(det.min_scale, det.scale_floor if det.scale_floor is not None else 0.0)
+    quantum = state.get("qv", 0.0) * _ROUNDING_SD
+    scoring = max(physical, quantum) if det.quantum_floor else physical
+    return scoring, max(physical, quantum)
+
+
+def _departs(state: State, centre: float, value: float, needed: int) -> tuple[bool, list[float] | None]:
+    """Has a constant key left its level for good? (restart now, the departure so far).
+
+    Why ``needed`` readings: a lone spike (or a pair) on a constant channel is
+    an anomaly of its own and the level stays; readings that keep beside the
+    first departure, on the same side, are a new level, and re-learning then
+    avoids an endless stream of many-sigma readings while a zero spread
+    slowly grows.
+    """
+    prev = state.get("o")
+    if (
+        not prev
+        or (prev[0] - centre) * (value - centre) <= 0.0
+        or abs(value - prev[0]) > 0.5 * abs(prev[0] - centre)
+    ):
+        return needed <= 1, [value, 1]
+    count = prev[1] + 1
+    return count >= needed, [prev[0], count]
+
+
+def _stream_fields(state: State, t_ms: int, value: float, det: Any) -> tuple[State, float]:
+    """Clock and quantum after this reading, and how many typical intervals it weighs."""
+    c, q, units = _tick(state, t_ms, det.cadence_ms, det.max_gap)
+    last, qv = state.get("x"), state.get("qv", 0.0)
+    if last is not None and value != last:
+        step = abs(value - last)
+        qv = step if qv <= 0.0 else min(qv, step)
+    t = state.get("t")
+    return {"t": t_ms if t is None else max(t, t_ms), "cad": c, "cq": q, "qv": qv, "x": value}, units
+
+
 # --------------------------------------------------------------------------- EWMA
 
 
@@ -46,10 +162,11 @@ def _floor(scale: float, centre: float, min_scale: float, rel_scale: float) -> f
 class EwmaZ:
     """z-score against an exponentially weighted mean and variance.
 
-    Why: O(1) state (three numbers) and it follows slow level changes. Updates
-    are winsorised at ``clip`` sigmas after warm-up so that one spike does not
-    inflate the variance and blind the detector for the next hundred readings.
-    Early on the weights are 1/n (a plain average) so warm-up is short.
+    Why: O(1) state and it follows slow level changes. Updates are winsorised
+    at ``clip`` sigmas after warm-up so that one spike does not inflate the
+    variance and blind the detector for the next hundred readings. Early on
+    the weights are elapsed/total (a plain average) so warm-up is short.
+    ``halflife`` and ``warmup`` are in typical intervals (see the module).
     """
 
     halflife: float = 200.0
@@ -57,6 +174,11 @@ class EwmaZ:
     clip: float = 5.0
     min_scale: float = 1e-9
     rel_scale: float = 1e-4
+    scale_floor: float | None = None
+    quantum_floor: bool = False
+    restart_after: int = 4
+    cadence_ms: float | None = None
+    max_gap: float = 4.0
     name: str = "ewma"
 
     @property
@@ -64,7 +186,7 @@ class EwmaZ:
         return 1.0 - 0.5 ** (1.0 / self.halflife)
 
     def init(self) -> State:
-        return {"n": 0, "m": 0.0, "v": 0.0}
+        return {"n": 0, "m": 0.0, "v": 0.0, **_stream_init()}
 
     def ready(self, state: State, t_ms: int = 0) -> bool:
         return state["n"] >= self.warmup
@@ -72,18 +194,27 @@ class EwmaZ:
     def step(self, state: State, t_ms: int, value: float) -> Step:
         if is_missing(value):
             return state, 0.0, MISSING
+        stream, units = _stream_fields(state, t_ms, value, self)
         n, m, v = state["n"], state["m"], state["v"]
         if n == 0:
-            return {"n": 1, "m": value, "v": 0.0}, 0.0, warming(1, self.warmup)
-        std = _floor(math.sqrt(v), m, self.min_scale, self.rel_scale)
+            return {"n": 1, "m": value, "v": 0.0, **stream}, 0.0, warming(1, self.warmup)
+        floor, flat = _floors(state, self)
+        std = _floor(math.sqrt(v), m, floor, self.rel_scale)
         d = value - m
         z = d / std
-        if n >= self.warmup and abs(z) > self.clip:
-            d = math.copysign(self.clip * std, d)
-        a = max(self.alpha, 1.0 / (n + 1))
-        new = {"n": n + 1, "m": m + a * d, "v": (1.0 - a) * (v + a * d * d)}
-        if n < self.warmup:
-            return new, 0.0, warming(n + 1, self.warmup)
+        warm = n >= self.warmup
+        a = max(_decay(self.alpha, units), units / (n + units))
+        restart, stream["o"] = False, None
+        if self.restart_after and warm and abs(z) > self.clip and math.sqrt(v) <= flat:
+            restart, stream["o"] = _departs(state, m, value, self.restart_after)
+        if restart:  # constant in its history and now elsewhere: the baseline warms up again there
+            new = {"n": 1, "m": value, "v": 0.0, **stream}
+        else:
+            if warm and abs(z) > self.clip:
+                d = math.copysign(self.clip * std, d)
+            new = {"n": n + units, "m": m + a * d, "v": (1.0 - a) * (v + a * d * d), **stream}
+        if not warm:
+            return new, 0.0, warming(round(n + units), self.warmup)
         score = tail_score(z)
         why = f"{value:.4g} is {z:+.1f} sd from the running mean {m:.4g}" if score >= EXPLAIN_AT else ""
         return new, score, why
@@ -99,10 +230,19 @@ def _bucket(t_ms: int, buckets_per_day: int, weekly: bool) -> int:
 
 # --------------------------------------------------------------------------- seasonal
 
+#: Weekly cells: one flat list per day of the week of [centre, mean abs deviation, weight,
+#: days] per cell, so a reading copies one day's list instead of four week-long ones.
+_W = 4
+
+
+def _week_slot(t_ms: int, buckets_per_day: int) -> tuple[int, int]:
+    """(day of the week, offset of this time's cell in that day's list)."""
+    return int((t_ms // _DAY_MS) % 7), _W * _bucket(t_ms, buckets_per_day, False)
+
 
 @dataclass(frozen=True)
 class SeasonalProfile:
-    """Residual against a learned time-of-day (x day-of-week) profile.
+    """Residual against a learned time-of-day profile, or time-of-week where that fits better.
 
     Why: demand, traffic and load follow the clock. Each cell keeps its own
     centre and spread, learned online with winsorised exponential updates (a
@@ -110,9 +250,19 @@ class SeasonalProfile:
     and an unclipped one would let a single outage rewrite next Monday's
     profile. A key is warmed cell by cell: a cell scores once it has seen
     ``warmup`` readings on at least ``min_days`` different days - a
-    time-of-day profile learned within one afternoon (a 1 Hz test rig, a
-    sensor installed today) is just a noisy short-term mean, and on such
-    streams this detector abstains instead of adding false alarms.
+    time-of-day profile learned within one afternoon is just a noisy
+    short-term mean, and on such streams this detector abstains.
+
+    Why the weekly choice is per stream and learned: a surge every Friday
+    evening is normal on Fridays only, and a daily profile either absorbs it
+    (blind on other evenings) or flags it every week. With ``auto_weekly``
+    the key keeps an hour-of-week profile next to the daily one and compares
+    their out-of-sample squared errors (the first reading of each cell each
+    day, against cells learned on earlier days); once ``min_weeks`` weeks have
+    been seen and the weekly error is below ``switch`` times the daily one,
+    the weekly cells judge (back to daily above ``switch_back``). A weekly
+    cell has seen few days, so its spread is shrunk towards its daily cell's.
+    ``weekly=True`` forces the weekly profile from the start (the old option).
     """
 
     buckets_per_day: int = 24
@@ -123,57 +273,169 @@ class SeasonalProfile:
     clip: float = 4.0
     min_scale: float = 1e-9
     rel_scale: float = 1e-4
+    scale_floor: float | None = None
+    quantum_floor: bool = False
+    restart_after: int = 4
+    cadence_ms: float | None = None
+    max_gap: float = 4.0
+    auto_weekly: bool = True
+    min_weeks: int = 2
+    switch: float = 0.75
+    switch_back: float = 0.9
     name: str = "seasonal"
 
     @property
     def cells(self) -> int:
         return self.buckets_per_day * (7 if self.weekly else 1)
 
+    @property
+    def _auto(self) -> bool:
+        return self.auto_weekly and not self.weekly
+
     def init(self) -> State:
         k = self.cells
-        return {"m": [0.0] * k, "d": [0.0] * k, "c": [0] * k, "k": [0] * k, "ld": [-1] * k}
+        return self._upgrade({"m": [0.0] * k, "d": [0.0] * k, "c": [0] * k, "k": [0] * k, "ld": [-1] * k})
+
+    def _upgrade(self, state: State) -> State:
+        """Fill in fields a checkpoint from an older build lacks (a copy; the input is untouched)."""
+        if "cad" in state and (not self._auto or "w" in state):
+            return state
+        out = {**_stream_init(), **state}
+        if self._auto and "w" not in out:
+            week = [[0.0, 0.0, 0, 0] * self.buckets_per_day for _ in range(7)]
+            out.update({"w": week, "ed": 0.0, "ew": 0.0, "ne": 0})
+            out.update({"t0": None, "sel": 0})
+        return out
 
     def _warm(self, state: State, b: int) -> bool:
         return state["c"][b] >= self.warmup and state["k"][b] >= self.min_days
 
+    def _weekly_seen(self, w: list[Any], i: int) -> bool:
+        return w[i + 3] >= self.min_weeks and w[i + 2] >= self.min_weeks
+
     def ready(self, state: State, t_ms: int = 0) -> bool:
+        state = self._upgrade(state)
+        day, i = _week_slot(t_ms, self.buckets_per_day)
+        if self._auto and state["sel"] and self._weekly_seen(state["w"][day], i):
+            return True
         return self._warm(state, _bucket(t_ms, self.buckets_per_day, self.weekly))
 
     def step(self, state: State, t_ms: int, value: float) -> Step:
         if is_missing(value):
             return state, 0.0, MISSING
+        state = self._upgrade(state)
+        new, units = _stream_fields(state, t_ms, value, self)
+        new = {**state, **new}
         b = _bucket(t_ms, self.buckets_per_day, self.weekly)
-        warm = self._warm(state, b)
-        c = state["c"][b]
-        m = state["m"][b]
-        d = state["d"][b]
-        if c == 0:
-            m_new, d_new, z = value, 0.0, 0.0
-        else:
-            scale = _floor(_MEANAD_TO_SIGMA * d, m, self.min_scale, self.rel_scale)
-            r = value - m
-            z = r / scale
-            if warm and abs(z) > self.clip:
-                r = math.copysign(self.clip * scale, r)
-            a = max(self.rate, 1.0 / (c + 1))
-            m_new = m + a * r
-            d_new = d + a * (abs(r) - d)
         day = int(t_ms // _DAY_MS)
         new_day = day != state["ld"][b]
-        new = {
-            "m": _replace(state["m"], b, m_new),
-            "d": _replace(state["d"], b, d_new),
-            "c": _replace(state["c"], b, c + 1),
-            "k": _replace(state["k"], b, state["k"][b] + 1) if new_day else state["k"],
-            "ld": _replace(state["ld"], b, day) if new_day else state["ld"],
-        }
-        if not warm:
-            return new, 0.0, warming(c + 1, self.warmup)
+        floor, flat = _floors(state, self)
+        warm = self._warm(state, b)
+        m, dd, c = state["m"][b], state["d"][b], state["c"][b]
+        scale = _floor(_MEANAD_TO_SIGMA * dd, m, floor, self.rel_scale)
+        m_new, d_new = self._learn(m, dd, c, scale, value, units, warm)
+        new["m"], new["d"] = _replace(state["m"], b, m_new), _replace(state["d"], b, d_new)
+        new["c"] = _replace(state["c"], b, c + units)
+        if new_day:
+            new["k"], new["ld"] = _replace(state["k"], b, state["k"][b] + 1), _replace(state["ld"], b, day)
+        judge = (m, scale, dd, warm, "")
+        if self._auto:
+            judge = self._weekly(state, new, t_ms, value, units, floor, judge, new_day)
+        centre, scale, spread, judged, prefix = judge
+        z = 0.0 if c == 0 and prefix == "" else (value - centre) / scale
+        new["o"] = None
+        if self.restart_after and judged and abs(z) > self.clip and _MEANAD_TO_SIGMA * spread <= flat:
+            restart, new["o"] = _departs(state, centre, value, self.restart_after)
+            if restart:
+                self._restart(new, centre, value, flat, b if prefix == "" else None, t_ms)
+        if not judged:
+            return new, 0.0, warming(round(c + units), self.warmup)
         score = tail_score(z)
-        why = (
-            f"{value:.4g} is {z:+.1f} sd from the usual {m:.4g} for this time" if score >= EXPLAIN_AT else ""
-        )
+        why = ""
+        if score >= EXPLAIN_AT:
+            when = "this time of the week" if prefix else "this time"
+            why = f"{value:.4g} is {z:+.1f} sd from the usual {centre:.4g} for {when}"
         return new, score, why
+
+    def _learn(
+        self, m: float, d: float, c: float, scale: float, value: float, units: float, warm: bool
+    ) -> tuple[float, float]:
+        """A cell's centre and mean absolute deviation after ``value`` (winsorised once warm)."""
+        if c == 0:
+            return value, 0.0
+        r = value - m
+        if warm and abs(r) > self.clip * scale:
+            r = math.copysign(self.clip * scale, r)
+        a = max(_decay(self.rate, units), units / (c + units))
+        return m + a * r, d + a * (abs(r) - d)
+
+    def _weekly(
+        self,
+        old: State,
+        new: State,
+        t_ms: int,
+        value: float,
+        units: float,
+        floor: float,
+        daily: tuple[float, float, float, bool, str],
+        new_day: bool,
+    ) -> tuple[float, float, float, bool, str]:
+        """Learn the weekly cell, compare both profiles, and say which cell judges this reading."""
+        day, i = _week_slot(t_ms, self.buckets_per_day)
+        w = old["w"][day]
+        m, dw, c, k = w[i], w[i + 1], w[i + 2], w[i + 3]
+        c_daily, d_daily = old["c"][_bucket(t_ms, self.buckets_per_day, False)], daily[2]
+        spread = (c * dw + self.warmup * d_daily) / (c + self.warmup) if c_daily > 0 else dw
+        scale = _floor(_MEANAD_TO_SIGMA * spread, m, floor, self.rel_scale)
+        seen = self._weekly_seen(w, i)
+        m_new, d_new = self._learn(m, dw, c, scale, value, units, seen)
+        nw = list(w)
+        nw[i : i + _W] = [m_new, d_new, c + units, k + 1 if new_day else k]
+        new["w"] = _replace(old["w"], day, nw)
+        t0 = old["t0"] if old["t0"] is not None else t_ms
+        new["t0"] = t0
+        if new_day and c_daily > 0 and k >= 1:
+            ne = old["ne"] + 1
+            rate = max(1.0 / ne, 1.0 / (7 * self.buckets_per_day))
+            new["ne"] = ne
+            new["ed"] = old["ed"] + rate * ((value - daily[0]) ** 2 - old["ed"])
+            new["ew"] = old["ew"] + rate * ((value - m) ** 2 - old["ew"])
+        if t_ms - t0 >= self.min_weeks * _WEEK_MS and new["ne"] >= 7 * self.buckets_per_day:
+            if not old["sel"] and new["ew"] < self.switch * new["ed"]:
+                new["sel"] = 1
+            elif old["sel"] and new["ew"] > self.switch_back * new["ed"]:
+                new["sel"] = 0
+        if old["sel"] and seen:
+            return m, scale, spread, True, "w"
+        return daily
+
+    def _restart(
+        self, new: State, level: float, value: float, floor: float, b: int | None, t_ms: int
+    ) -> None:
+        """A profile constant at one level that departs restarts: every cell that sat there re-learns.
+
+        Why all of them: a pump that never ran is constant in every hour; if
+        only this hour's cell restarted, each other hour would raise the same
+        event again on its first visit. The cells warm up again (their spread
+        must be learned at the new level), and this one starts from the value.
+        """
+        ms, ds, cs, ks = (list(new[x]) for x in ("m", "d", "c", "k"))
+        for j, (mj, dj) in enumerate(zip(ms, ds, strict=True)):
+            if _MEANAD_TO_SIGMA * dj <= floor and abs(mj - level) <= floor:
+                ms[j], ds[j], cs[j], ks[j] = 0.0, 0.0, 0, 0
+        if b is not None:
+            ms[b], cs[b], ks[b] = value, 1, 1
+        new.update({"m": ms, "d": ds, "c": cs, "k": ks})
+        if "w" in new:
+            week = [list(w) for w in new["w"]]
+            for w in week:
+                for j in range(0, len(w), _W):
+                    if _MEANAD_TO_SIGMA * w[j + 1] <= floor and abs(w[j] - level) <= floor:
+                        w[j : j + _W] = [0.0, 0.0, 0, 0]
+            if b is None:
+                day, j = _week_slot(t_ms, self.buckets_per_day)
+                week[day][j : j + _W] = [value, 0.0, 1, 1]
+            new["w"] = week
 
 
 def _replace(xs: list[Any], i: int, v: Any) -> list[Any]:

@@ -16,25 +16,29 @@ Protocol, identical for every dataset:
 - a recording's alarms are the union over its channels of the windows where a key's
   verdict turns anomalous; a condition is active while a verdict is anomalous or the
   calibrated model's alarm gate holds it (BATADAL's hourly S reads that).
-No per-dataset tuning; the settings were selected on these same benchmarks (there is no
-held-out set), so treat the numbers as optimistic.
+No per-dataset tuning; the shipped settings were selected on these same benchmarks, so treat
+this table as optimistic: ``evaluate --select`` (``selection.py``) scores candidate settings
+with each dataset held out in turn, which is the honest number.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from citystream.detection import CalibratedLevel, DetectionConfig, MetricDetector, MetricRule, MetricState
 from citystream.detection.base import tail_score
+from citystream.evaluation.alarms import ALARM_SCORE, QUIET_SCORE_CAP, RecordingAlarms, cadence_ms
 from citystream.evaluation.datasets import LOADERS, Dataset, Recording
+from citystream.evaluation.places import place_keys, place_run
 from citystream.evaluation.scoring import (
     PROFILES,
     EventScore,
@@ -57,14 +61,35 @@ class Variant:
     name: str
     overrides: dict[str, object] = field(default_factory=dict)
     note: str = ""
+    #: Also the per-place checks (status/flow pairs, joint model; ``places``), not yet in the job.
+    places: bool = False
 
     @property
     def shipped(self) -> bool:
         """The configuration as the job runs it (what ``--export`` writes)."""
-        return self.name != "null" and not self.overrides
+        return self.name != "null" and not self.overrides and not self.places
 
     def rule(self, config: DetectionConfig, channel: str) -> MetricRule:
         return dataclasses.replace(config.imported_rule(channel), **self.overrides)
+
+    def typed_rule(self, config: DetectionConfig, rec: Recording, channel: str) -> MetricRule:
+        """The rule with the channel type the dataset declares (status channels: the state model)."""
+        rule = self.rule(config, channel)
+        if "channel" in self.overrides:
+            return rule
+        return dataclasses.replace(rule, channel=rec.channel_type(channel))
+
+    def keys(self, rec: Recording) -> list[str]:
+        """The job's keys for this recording: its channels, plus the per-place checks if ``places``."""
+        if not self.places:
+            return list(rec.channels)
+        return [*rec.channels, *place_keys(rec)]
+
+    def run(self, config: DetectionConfig, rec: Recording, key: str) -> RecordingAlarms:
+        """One key's alarms: a channel through ``MetricDetector``, or a per-place check."""
+        if key in rec.channels:
+            return channel_run(rec, key, self.typed_rule(config, rec, key))
+        return place_run(rec, key)
 
 
 #: What the report compares: the shipped configuration, and the other level model of the same class.
@@ -76,14 +101,15 @@ VARIANTS: tuple[Variant, ...] = (
         "robust EWMA, fixed |z| >= level_z (the simulator's level model)",
     ),
     Variant("stage 1 as configured ([imported])", note="the shipped level model for imported series"),
+    Variant(
+        "stage 1 + per-place checks",
+        note="plus status/flow pairs and the joint model per place (offline only: not yet in the detect job)",
+        places=True,
+    ),
 )
 
 
 # --------------------------------------------------------------------------- driving the job's stage 1
-
-
-def cadence_ms(rec: Recording) -> int:
-    return int(np.median(np.diff(rec.t_ms))) if len(rec) > 1 else 1000
 
 
 def window_rows(key: str, t_ms: np.ndarray, values: np.ndarray, window_ms: int) -> list[dict[str, object]]:
@@ -122,30 +148,6 @@ def drive(
         verdicts.append(verdict)
         held.append(CalibratedLevel.active(st.calibrated))
     return st, verdicts, held
-
-
-class RecordingAlarms(NamedTuple):
-    """What one recording's keys said, per row, in the shapes the scorers read.
-
-    ``fired``: rows where a key's verdict turns anomalous (one incident, one
-    ticket: event-level scores). ``active``: a condition is active (BATADAL's
-    hourly flags). ``detections``: every row with an anomalous verdict - what
-    NAB counts, one detection per alarmed row. ``scores``: the strongest
-    verdict score of the row in [0, 1] (the NAB results file's anomaly score).
-    """
-
-    fired: list[int]
-    active: list[bool]
-    detections: list[int]
-    scores: np.ndarray
-
-
-#: Every alarmed row scores at least this and no other row reaches it, so a scorer that turns
-#: scores into detections at this threshold (NAB's way) sees exactly the detector's alarms. An
-#: anomalous verdict scores at least tail_score(3) = 0.9973 (0.999 for the calibrated model).
-ALARM_SCORE = 0.997
-#: The most a row without an alarm scores (its evidence may be as strong, e.g. in a refractory period).
-QUIET_SCORE_CAP = 0.996
 
 
 def verdict_score(verdict: dict[str, object]) -> float:
@@ -190,12 +192,16 @@ def recording_alarms(rec: Recording, variant: Variant, config: DetectionConfig) 
     n = len(rec)
     if variant.name == "null":
         return RecordingAlarms([], [False] * n, [], np.zeros(n))
+    return union_runs(n, [variant.run(config, rec, key) for key in variant.keys(rec)])
+
+
+def union_runs(n: int, runs: Sequence[RecordingAlarms]) -> RecordingAlarms:
+    """A recording's alarms from its channels' (keys') alarms: any key alarming alarms the recording."""
     fired: set[int] = set()
     detections: set[int] = set()
     active = np.zeros(n, dtype=bool)
     scores = np.zeros(n)
-    for channel in rec.channels:
-        run = channel_run(rec, channel, variant.rule(config, channel))
+    for run in runs:
         fired.update(run.fired)
         detections.update(run.detections)
         active |= np.asarray(run.active, dtype=bool)
@@ -266,25 +272,31 @@ def score_dataset(ds: Dataset, alarms: Sequence[RecordingAlarms]) -> Result:
     return res
 
 
-def variant_alarms(ds: Dataset, variant: Variant, config: DetectionConfig) -> list[RecordingAlarms]:
-    return [recording_alarms(rec, variant, config) for rec in ds.recordings]
-
-
 def evaluate_variant(ds: Dataset, variant: Variant, config: DetectionConfig) -> Result:
-    return _evaluate(ds, variant, config)[0]
-
-
-def _evaluate(ds: Dataset, variant: Variant, config: DetectionConfig) -> tuple[Result, list[RecordingAlarms]]:
-    started = time.perf_counter()
-    alarms = variant_alarms(ds, variant, config)
+    """One variant on one dataset, in this process (tests and small checks)."""
+    alarms = [recording_alarms(rec, variant, config) for rec in ds.recordings]
     res = score_dataset(ds, alarms)
     res.detector, res.note = variant.name, variant.note
-    res.seconds = time.perf_counter() - started
-    return res, alarms
+    return res
 
 
 #: Called with the shipped configuration's alarms of each dataset (``--export`` writes them out).
 AlarmsHook = Callable[[Dataset, list[RecordingAlarms]], None]
+
+
+def load_datasets(
+    root: Path, slice_: str, keys: Sequence[str], progress: Callable[[str], None] | None = None
+) -> dict[str, Dataset]:
+    """The chosen benchmarks, loaded once (every variant and candidate reads the same arrays)."""
+    say = progress or (lambda _: None)
+    loaded: dict[str, Dataset] = {}
+    for key in keys:
+        started = time.perf_counter()
+        ds = LOADERS[key](root, slice_)
+        say(f"{ds.name}: {len(ds.recordings)} recording(s), {sum(len(r) for r in ds.recordings):,} rows "
+            f"loaded ({time.perf_counter() - started:.1f} s)")  # fmt: skip
+        loaded[ds.name] = ds
+    return loaded
 
 
 def run_evaluation(
@@ -295,21 +307,126 @@ def run_evaluation(
     variants: Sequence[Variant] = VARIANTS,
     progress: Callable[[str], None] | None = None,
     on_shipped: AlarmsHook | None = None,
+    workers: int = 1,
 ) -> dict[str, list[Result]]:
     """Every variant on every dataset; the report's numbers. ``progress`` gets a line per step."""
-    say = progress or (lambda _: None)
+    loaded = load_datasets(root, slice_, datasets, progress)
+    alarms = compute_alarms(loaded, variants, config, workers, progress)
+    return score_variants(loaded, variants, alarms, on_shipped)
+
+
+def score_variants(
+    loaded: dict[str, Dataset],
+    variants: Sequence[Variant],
+    alarms: dict[tuple[str, str], list[RecordingAlarms]],
+    on_shipped: AlarmsHook | None = None,
+) -> dict[str, list[Result]]:
+    """Per dataset, one scored row per variant (alarms from ``compute_alarms``)."""
     results: dict[str, list[Result]] = {}
-    for key in datasets:
-        started = time.perf_counter()
-        ds = LOADERS[key](root, slice_)
-        say(f"{ds.name}: {len(ds.recordings)} recording(s), {sum(len(r) for r in ds.recordings):,} rows "
-            f"loaded ({time.perf_counter() - started:.1f} s)")  # fmt: skip
+    for name, ds in loaded.items():
         rows = []
         for variant in variants:
-            res, alarms = _evaluate(ds, variant, config)
+            found = alarms[(variant.name, name)]
+            res = score_dataset(ds, found)
+            res.detector, res.note = variant.name, variant.note
             rows.append(res)
-            say(f"{ds.name}: {variant.name} ({res.seconds:.1f} s)")
             if on_shipped is not None and variant.shipped:
-                on_shipped(ds, alarms)
-        results[ds.name] = rows
+                on_shipped(ds, found)
+        results[name] = rows
     return results
+
+
+# --------------------------------------------------------------------------- the work, in parallel
+
+#: One unit of work: (variant index, dataset name, recording index, channel). A channel is one
+#: key of the job and keys never share state, so channels are independent and balance well
+#: over processes (BATADAL is one recording of 43 channels).
+Task = tuple[int, str, int, str]
+#: What each worker process evaluates: the loaded datasets, the config and the variants.
+_WORK: dict[str, object] = {}
+
+
+def _install(loaded: dict[str, Dataset], config: DetectionConfig, variants: Sequence[Variant]) -> None:
+    """Pool initializer: the datasets reach each worker once (forked), not once per task."""
+    _WORK.update(loaded=loaded, config=config, variants=tuple(variants))
+
+
+def _run_task(task: Task) -> tuple[Task, RecordingAlarms, float]:
+    v, name, r, channel = task
+    loaded: dict[str, Dataset] = _WORK["loaded"]  # type: ignore[assignment]
+    variant: Variant = _WORK["variants"][v]  # type: ignore[index]
+    started = time.process_time()
+    run = variant.run(_WORK["config"], loaded[name].recordings[r], channel)  # type: ignore[arg-type]
+    return task, run, time.process_time() - started
+
+
+def _tasks(loaded: dict[str, Dataset], variants: Sequence[Variant]) -> list[Task]:
+    return [
+        (v, name, r, ch)
+        for v, variant in enumerate(variants)
+        if variant.name != "null"
+        for name, ds in loaded.items()
+        for r, rec in enumerate(ds.recordings)
+        for ch in variant.keys(rec)
+    ]
+
+
+def compute_alarms(
+    loaded: dict[str, Dataset],
+    variants: Sequence[Variant],
+    config: DetectionConfig,
+    workers: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> dict[tuple[str, str], list[RecordingAlarms]]:
+    """Every variant's alarms per recording of every dataset, keyed (variant name, dataset name).
+
+    ``workers`` > 1 spreads the channels over that many processes (forked, so each
+    inherits the loaded arrays); the result does not depend on it. ``progress`` gets a
+    line each time a variant is done on a dataset, with the CPU seconds it took.
+    """
+    say = progress or (lambda _: None)
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names must be unique: {names}")
+    out: dict[tuple[str, str], list[RecordingAlarms]] = {}
+    for variant in variants:
+        if variant.name == "null":
+            for name, ds in loaded.items():
+                out[(variant.name, name)] = [recording_alarms(rec, variant, config) for rec in ds.recordings]
+    tasks = _tasks(loaded, variants)
+    pending: dict[tuple[int, str], int] = {}
+    for v, name, _, _ in tasks:
+        pending[(v, name)] = pending.get((v, name), 0) + 1
+    total, done = len(pending), 0
+    runs: dict[tuple[int, str, int], dict[str, RecordingAlarms]] = {}
+    cpu: dict[tuple[int, str], float] = {}
+
+    def collect(task: Task, run: RecordingAlarms, seconds: float) -> None:
+        nonlocal done
+        v, name, r, channel = task
+        runs.setdefault((v, name, r), {})[channel] = run
+        cpu[(v, name)] = cpu.get((v, name), 0.0) + seconds
+        pending[(v, name)] -= 1
+        if pending[(v, name)] == 0:
+            ds = loaded[name]
+            per_rec = [runs.pop((v, name, r)) for r in range(len(ds.recordings))]
+            out[(variants[v].name, name)] = [
+                union_runs(len(rec), [chans[key] for key in variants[v].keys(rec)])
+                for rec, chans in zip(ds.recordings, per_rec, strict=True)
+            ]
+            done += 1
+            say(f"[{done}/{total}] {name}: {variants[v].name} ({cpu[(v, name)]:.1f} s CPU)")
+
+    if workers <= 1:
+        _install(loaded, config, variants)
+        try:
+            for task in tasks:
+                collect(*_run_task(task))
+        finally:
+            _WORK.clear()
+        return out
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, ctx, initializer=_install, initargs=(loaded, config, variants)) as pool:
+        for fut in as_completed([pool.submit(_run_task, t) for t in tasks]):
+            collect(*fut.result())
+    return out

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from citystream.catalog import CONTINUOUS, STATUS
 from citystream.errors import UserError
 
 #: The small slice: files that cover spikes, level shifts, broken daily shapes and
@@ -45,9 +46,17 @@ class Recording:
     events: list[tuple[int, int]] = field(default_factory=list)
     refs: list[int] = field(default_factory=list)  #: labelled anomaly row per event (else its start)
     history: Recording | None = None  #: unlabelled normal data to warm up on, if any
+    #: Channel -> type (``citystream.catalog.CHANNEL_TYPES``), from the dataset's documented layout.
+    types: dict[str, str] = field(default_factory=dict)
+    #: (status channel, the flow it commands) pairs: "pump on, no flow" checks.
+    status_flow: tuple[tuple[str, str], ...] = ()
 
     def __len__(self) -> int:
         return len(self.t_ms)
+
+    def channel_type(self, channel: str) -> str:
+        """The declared type of ``channel``: continuous unless the layout says otherwise."""
+        return self.types.get(channel, CONTINUOUS)
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,8 @@ def load_nab(root: Path, slice_: str = "full") -> Dataset:
             ref = int(np.searchsorted(t, inside[0])) if inside else rng[0]
             events.append(rng)
             refs.append(ref)
-        recs.append(Recording(name, t, {"value": values}, events, refs))
+        # NAB's series are single continuous measurements (demand, temperature, CPU, latency)
+        recs.append(Recording(name, t, {"value": values}, events, refs, types={"value": CONTINUOUS}))
     if not recs:
         raise UserError(f"no NAB files found under {base / 'data'}")
     return Dataset("NAB", recs)
@@ -151,6 +161,20 @@ def _batadal_table(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return t, chans
 
 
+def batadal_channel_type(channel: str) -> str:
+    """C-Town's SCADA layout: ``S_PU*``/``S_V*`` are on/off and open/closed status; flows
+    (``F_``), pressures (``P_``) and tank levels (``L_``) are continuous."""
+    return STATUS if channel.startswith("S_") else CONTINUOUS
+
+
+def batadal_status_flow(channels: list[str] | dict[str, np.ndarray]) -> tuple[tuple[str, str], ...]:
+    """Each status channel with the flow of the same pump or valve (``S_PU7`` with ``F_PU7``)."""
+    names = set(channels)
+    return tuple(
+        (c, "F_" + c[2:]) for c in channels if batadal_channel_type(c) == STATUS and "F_" + c[2:] in names
+    )
+
+
 def load_batadal(root: Path, slice_: str = "full") -> Dataset:
     base = _need(root / "batadal", "BATADAL")
     t1, normal = _batadal_table(_need(base / "training_1_normal.csv", "BATADAL training 1"))
@@ -168,9 +192,21 @@ def load_batadal(root: Path, slice_: str = "full") -> Dataset:
         if rng is None:
             raise UserError(f"BATADAL attack {r[1]} ({r[2]}..{r[3]}) lies outside training 2")
         events.append(rng)
-    history = Recording("training_1_normal", t1, normal)
-    rec = Recording("training_2_labeled", t2, chans, events, [a for a, _ in events], history)
+    types = {c: batadal_channel_type(c) for c in chans}
+    pairs = batadal_status_flow(chans)
+    history = Recording("training_1_normal", t1, normal, types=types, status_flow=pairs)
+    rec = Recording("training_2_labeled", t2, chans, events, [a for a, _ in events], history, types, pairs)
     return Dataset("BATADAL", [rec])
+
+
+#: SKAB's testbed channels: all physical measurements at 1 Hz (the pump's on/off is not logged).
+SKAB_TYPES = {
+    c: CONTINUOUS
+    for c in (
+        "Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
+        "Thermocouple", "Voltage", "Volume Flow RateRMS",
+    )
+}  # fmt: skip
 
 
 def _skab_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
@@ -224,7 +260,8 @@ def load_skab(root: Path, slice_: str = "full") -> Dataset:
         if start is not None:
             events.append((start, len(f_all) - 1))
         channels = {k: np.concatenate(v) for k, v in chans.items()}
-        recs.append(Recording(folder, t_all, channels, events, [a for a, _ in events]))
+        types = {c: SKAB_TYPES.get(c, CONTINUOUS) for c in channels}
+        recs.append(Recording(folder, t_all, channels, events, [a for a, _ in events], types=types))
     if not recs:
         raise UserError(f"no SKAB files found under {base}")
     return Dataset("SKAB", recs)

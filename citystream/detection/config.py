@@ -246,16 +246,20 @@ def _check_calibrated(where: str, rule: MetricRule) -> None:
         raise UserError(f"{where}: shift_after_windows must exceed alarm_hold_windows (or be 0: never)")
 
 
+def read_toml(p: Path, what: str) -> dict[str, Any]:
+    """A TOML file's table, or a one-line refusal naming ``what`` it was meant to be."""
+    try:
+        return tomllib.loads(p.read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {p}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{what} {p} is not valid TOML: {exc}") from None
+
+
 def load_config(path: Path | str | None = None) -> DetectionConfig:
     """Read and validate a detection config file (default: infra/detection.toml)."""
     p = Path(path) if path is not None else DEFAULT_CONFIG
-    try:
-        data = tomllib.loads(p.read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read detection config {p}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"detection config {p} is not valid TOML: {exc}") from None
-    return parse_config(data, str(p))
+    return parse_config(read_toml(p, "detection config"), str(p))
 
 
 # --------------------------------------------------------------------------- stage 1: per (sensor, metric)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from citystream.detection import DetectionConfig, MetricRule
-from citystream.detection.config import DEFAULT_CONFIG, parse_config
+from citystream.detection.config import DEFAULT_CONFIG, parse_config, read_toml
 from citystream.errors import UserError
 from citystream.evaluation.benchmarks import RecordingAlarms, Variant, score_dataset
 from citystream.evaluation.datasets import Dataset
@@ -84,13 +83,7 @@ def _check_rule(rule: MetricRule, where: str) -> None:
 
 def load_candidates(config: DetectionConfig, path: Path | None = None) -> list[Variant]:
     p = path if path is not None else DEFAULT_CANDIDATES
-    try:
-        data = tomllib.loads(p.read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read candidates {p}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"candidates file {p} is not valid TOML: {exc}") from None
-    return parse_candidates(data, config, str(p))
+    return parse_candidates(read_toml(p, "candidates file"), config, str(p))
 
 
 # --------------------------------------------------------------------------- development datasets

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 JARS ?= .cache/jars
 export JVM_ARGS ?= -Xmx768m
 
-.PHONY: setup demo test test-fast security lint up down status bench clean
+.PHONY: setup demo test test-fast security faults lint up down status bench clean
 
 UDF_JAR := jobs/java/target/citystream-udfs.jar
 
@@ -47,6 +47,10 @@ test-fast: setup
 
 security: setup
 	$(PY) -m pytest -m security
+
+# kill -9 of each part of the pipeline mid-stream, outside `make test` (tests/test_faults.py).
+faults: setup
+	$(PY) -m pytest -m faults
 
 lint: setup
 	$(VENV)/bin/ruff check .

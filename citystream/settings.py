@@ -30,6 +30,11 @@ ENV: dict[str, str] = {
     "CITYSTREAM_KAFKA_SECRETS_DIR": "kafka_secrets_dir",
     "CITYSTREAM_FLINK_PORT": "flink_rest_port",
     "CITYSTREAM_FLINK_PARALLELISM": "flink_parallelism",
+    "CITYSTREAM_FLINK_URL": "flink_url",
+    "CITYSTREAM_CHECKPOINT_INTERVAL": "checkpoint_interval",
+    "CITYSTREAM_STATE_BACKEND": "state_backend",
+    "CITYSTREAM_RESTART_STRATEGY": "restart_strategy",
+    "CITYSTREAM_RETAINED_CHECKPOINTS": "retained_checkpoints",
     "CITYSTREAM_STORE_PORT": "store_port",
     "CITYSTREAM_STORE_ALLOWED_ORIGINS": "store_allowed_origins",
     "CITYSTREAM_CLICKHOUSE_URL": "clickhouse_url",
@@ -45,6 +50,7 @@ ENV: dict[str, str] = {
     "CITYSTREAM_GRAFANA_USER": "grafana_user",
     "CITYSTREAM_GRAFANA_PASSWORD": "grafana_password",
     "CITYSTREAM_JOB_NAME": "job_name",
+    "CITYSTREAM_LOADER_BATCH_BYTES": "loader_batch_bytes",
     "PYFLINK_PYTHON": "pyflink_python",
 }
 
@@ -79,6 +85,16 @@ class Settings:
     kafka_secrets_dir: str = ""
     flink_rest_port: int = 8081
     flink_parallelism: int = 1
+    #: Flink REST API of the cluster ``citystream jobs`` talks to; empty: the stack's, from the port.
+    flink_url: str = ""
+    #: Every job's checkpoint interval (a Flink duration: ``10 s``, ``500 ms``, ``2 min``).
+    checkpoint_interval: str = "10 s"
+    #: ``hashmap`` (state on the heap) or ``rocksdb`` (on local disk; ships inside flink-dist).
+    state_backend: str = "hashmap"
+    #: Unbounded jobs: ``exponential-delay``, ``fixed-delay``, ``failure-rate`` or ``none``.
+    restart_strategy: str = "exponential-delay"
+    #: Completed checkpoints kept per job (retained on cancel and failure, for ``jobs recover``).
+    retained_checkpoints: int = 3
     store_port: int = 8123
     #: Browser origins (``scheme://host:port``, comma-separated) the store accepts requests from;
     #: empty: none (a request with an ``Origin`` header is refused).
@@ -99,6 +115,10 @@ class Settings:
     job_name: str = ""
     #: Python interpreter of Flink's Python workers; empty: the one running this process.
     pyflink_python: str = ""
+    #: Bytes (Kafka values) of one loader batch at most, beside its row bound: one insert must stay
+    #: well under the store's request limit (256 MiB) and the loader's memory. A record larger than
+    #: this is loaded alone.
+    loader_batch_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
         if self.secrets_file is None:
@@ -107,6 +127,8 @@ class Settings:
             object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
         if not self.clickhouse_url:
             object.__setattr__(self, "clickhouse_url", f"http://127.0.0.1:{self.store_port}")
+        if not self.flink_url:
+            object.__setattr__(self, "flink_url", f"http://127.0.0.1:{self.flink_rest_port}")
 
     @property
     def embedded_store(self) -> bool:
@@ -124,6 +146,8 @@ class Settings:
             values["kafka_bootstrap"] = ""
         if "store_port" in changes and "clickhouse_url" not in changes:
             values["clickhouse_url"] = ""
+        if "flink_rest_port" in changes and "flink_url" not in changes:
+            values["flink_url"] = ""
         if "run_dir" in changes and "secrets_file" not in changes:
             values["secrets_file"] = None
         values.update(changes)

@@ -15,6 +15,7 @@ from typing import Any
 
 from citystream.catalog import DomainSpec
 from citystream.dashboards import queries as q
+from citystream.dashboards import registry_sql
 from citystream.dashboards.factories import (
     Band,
     Section,
@@ -88,8 +89,9 @@ def _incidents(domain: str) -> Section:
 def _anomalies_table(domain: str) -> Any:
     return table_panel(
         "Anomalies",
-        q.anomalies_table(domain),
-        description="Detector verdicts in the time range, newest first (at most 200).",
+        registry_sql.anomalies_table(domain),
+        description="Detector verdicts in the time range, newest first (at most 200), with the site and "
+        "zone names the sensor registry gives their key.",
         width=14,
         height=9,
     )

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
-from grafana_foundation_sdk.builders import stat, table, timeseries
+from grafana_foundation_sdk.builders import geomap, stat, table, timeseries
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
+from grafana_foundation_sdk.models import geomap as geomap_models
 
 from citystream.catalog import DOMAIN_NAMES
 
@@ -88,6 +89,16 @@ class _QueryBuilder(cogbuilder.Builder[cogvariants.Dataquery]):
 
     def build(self) -> cogvariants.Dataquery:
         return self._query
+
+
+class _Fixed(cogbuilder.Builder[Any]):
+    """A model the SDK wants through a builder but has no builder for (geomap options)."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def build(self) -> Any:
+        return self._model
 
 
 class _AnnotationTarget(cogvariants.Dataquery):
@@ -239,6 +250,73 @@ def table_panel(
         .span(width)
         .height(height)
     )
+
+
+def geomap_panel(
+    title: str,
+    sql: str,
+    *,
+    description: str,
+    colour_field: str,
+    colours: Sequence[tuple[str, str]],
+    link: tuple[str, str] | None = None,
+    width: int = 24,
+    height: int = 12,
+) -> geomap.Panel:
+    """Points at the rows' ``latitude`` and ``longitude``, coloured by the text in ``colour_field``.
+
+    Why value mappings: a marker's colour follows its field's display colour,
+    so mapping each state text to a colour colours the points and labels the
+    legend with the state's own words. ``link`` (title, url) is a data link on
+    every point: the url may use ``${__data.fields.<column>}``.
+    """
+    mapping = dashboard_models.ValueMap(
+        options={
+            text: dashboard_models.ValueMappingResult(text=text, color=colour, index=i)
+            for i, (text, colour) in enumerate(colours)
+        },
+    )
+    markers = common_models.MapLayerOptions(
+        type_val="markers",
+        name="Sensors",
+        config={
+            "showLegend": True,
+            "style": {
+                "color": {"field": colour_field, "fixed": "dark-green"},
+                "size": {"fixed": 6},
+                "opacity": 0.9,
+                "symbol": {"fixed": "img/icons/marker/circle.svg", "mode": "fixed"},
+            },
+        },
+        location=common_models.FrameGeometrySource(
+            mode=common_models.FrameGeometrySourceMode.COORDS, latitude="latitude", longitude="longitude"
+        ),
+        tooltip=True,
+    )
+    panel = (
+        geomap.Panel()
+        .title(title)
+        .description(description)
+        .datasource(datasource_ref())
+        .with_target(sql_target(sql, Format.TABLE))
+        .span(width)
+        .height(height)
+        .mappings([mapping])
+        .view(_Fixed(geomap_models.MapViewConfig(id_val="fit", lat=0, lon=0, zoom=12, all_layers=True)))
+        .basemap(_Fixed(common_models.MapLayerOptions(type_val="default", name="Basemap")))
+        .layers([_Fixed(markers)])
+        .tooltip(_Fixed(geomap_models.TooltipOptions(mode=geomap_models.TooltipMode.DETAILS)))
+    )
+    if link is not None:
+        panel = panel.data_links(
+            [
+                dashboard_builders.DashboardLink(link[0])
+                .type(dashboard_models.DashboardLinkType.LINK)
+                .url(link[1])
+                .target_blank(False)
+            ]
+        )
+    return panel
 
 
 # --------------------------------------------------------------------------- variables

@@ -10,11 +10,13 @@ from typing import Any
 
 from citystream.catalog import DOMAIN_NAMES
 from citystream.dashboards import queries as q
+from citystream.dashboards import registry_sql
 from citystream.dashboards.factories import (
     Band,
     Section,
     dashboard,
     domain_variable,
+    geomap_panel,
     in_filter,
     sql_annotation,
     stat_panel,
@@ -38,6 +40,7 @@ def build() -> dict[str, Any]:
         annotations=[sql_annotation("Alerts", q.alerts_annotation(dom), color="red")],
         sections=[
             Section("Per department now", [_open_incidents(), _critical_incidents(), _sensors_not_ok()]),
+            Section("The city now", [_sensor_map()]),
             Section("Activity", [_anomalies_per_department(dom), _readings_per_department(dom)]),
             Section("Incidents", [_open_incidents_table(dom), _incidents_in_range(dom)]),
         ],
@@ -111,17 +114,31 @@ ORDER BY time, domain""",
 def _open_incidents_table(dom: str) -> Any:
     return table_panel(
         "Open incidents",
-        f"""
-SELECT
-    last_seen, first_seen, domain, severity, kind, state, anomaly_count,
-    arrayStringConcat(affected_keys, ' ') AS affected, explanation, alert_id
-FROM alerts_latest
-WHERE state != 'resolve' AND {dom}
-ORDER BY multiIf(severity = 'critical', 0, severity = 'warning', 1, 2), last_seen DESC
-LIMIT 200""",
-        description="Every incident not yet resolved, critical first, most recently active first.",
+        registry_sql.alerts_table(
+            f"state != 'resolve' AND {dom}",
+            "multiIf(severity = 'critical', 0, severity = 'warning', 1, 2), last_seen DESC",
+        ),
+        description="Every incident not yet resolved, critical first, most recently active first, with the "
+        "site and zone names of the keys it affects (from the sensor registry).",
         width=24,
         height=10,
+    )
+
+
+def _sensor_map() -> Any:
+    return geomap_panel(
+        "Sensors on the map",
+        registry_sql.sensor_states(in_filter("s.domain", "domain")),
+        description="Every registered sensor at its coordinates, coloured by its state at the end of the "
+        "time range, worst first: "
+        + "; ".join(f"{state} ({colour}): {why}" for state, colour, why in registry_sql.STATES)
+        + ". A point links to its department's dashboard for that sensor.",
+        colour_field="state",
+        colours=[(state, colour) for state, colour, _ in registry_sql.STATES],
+        link=(
+            "Open ${__data.fields.sensor_id} on its department's dashboard",
+            "/d/citystream-${__data.fields.domain}?var-sensor=${__data.fields.sensor_id}&${__url_time_range}",
+        ),
     )
 
 

@@ -421,20 +421,6 @@ ORDER BY event_time
 LIMIT 500"""
 
 
-def anomalies_table(domain: str) -> str:
-    """The most recent verdicts in range for one department, newest first."""
-    return f"""
-SELECT
-    event_time AS time, severity, key_kind, key_id, metric, detector,
-    round(score, 3) AS score, observed, expected, explanation
-FROM anomalies FINAL
-WHERE domain = '{domain}'
-    AND $__timeFilter(event_time)
-    AND {anomaly_keys(domain)}
-ORDER BY event_time DESC
-LIMIT 200"""
-
-
 def unhealthy_sensors(domain: str) -> str:
     """Sensors of one department whose current health is not 'ok', longest-standing first."""
     return f"""

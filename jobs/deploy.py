@@ -17,16 +17,14 @@ knows its Flink home, its client environment and whether it runs will do.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 from typing import Protocol
 
 from citystream.catalog import DOMAIN_NAMES
 from citystream.errors import UserError
+from citystream.jobs import ops
 from citystream.proc import tail
 from citystream.settings import ROOT, Settings
 
@@ -105,31 +103,6 @@ def submit(
         raise UserError(f"flink run failed (exit {code}); see {log}:\n{tail(log)}")
 
 
-def rest(settings: Settings, path: str, body: dict | None = None) -> dict:
-    """One call to the cluster's REST API (JSON in, JSON out)."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{settings.flink_rest_port}{path}",
-        data=data,
-        headers={"Content-Type": "application/json"},
-        method="GET" if body is None else "POST",
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read() or b"{}")
-
-
-def running_job(settings: Settings, name: str) -> str:
-    """Id of the running job ``citystream-NAME`` on the stack's cluster."""
-    try:
-        jobs = rest(settings, "/jobs/overview")["jobs"]
-    except OSError as exc:
-        raise UserError(f"no Flink cluster answers on port {settings.flink_rest_port}: {exc}") from None
-    ids = [j["jid"] for j in jobs if j["name"] == f"citystream-{name}" and j["state"] == "RUNNING"]
-    if len(ids) != 1:
-        raise UserError(f"expected one running job citystream-{name}, found {len(ids)}")
-    return ids[0]
-
-
 def stop(
     settings: Settings,
     name: str,
@@ -146,19 +119,34 @@ def stop(
     its results, as at the end of a bounded input (decommissioning; a job
     restored from that savepoint would see the later windows as late).
     """
-    jid = running_job(settings, name)
+    target = savepoint_target(settings, savepoint_dir)
+    return ops.stop(ops.client(settings), name, target, drain=drain, timeout_s=timeout_s)
+
+
+def savepoint_target(settings: Settings, savepoint_dir: Path | None = None) -> str:
+    """The savepoint directory as a URI (default ``RUN_DIR/flink/savepoints``), created if local."""
     target = savepoint_dir or settings.run_dir / "flink" / "savepoints"
     target.mkdir(parents=True, exist_ok=True)
-    trigger = rest(settings, f"/jobs/{jid}/stop", {"drain": drain, "targetDirectory": target.as_uri()})
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = rest(settings, f"/jobs/{jid}/savepoints/{trigger['request-id']}")
-        if status["status"]["id"] == "COMPLETED":
-            op = status.get("operation", {})
-            if "location" in op:
-                return str(op["location"])
-            raise UserError(
-                f"stop with savepoint failed: {op.get('failure-cause', {}).get('stack-trace', op)}"
-            )
-        time.sleep(1.0)
-    raise UserError(f"no savepoint of citystream-{name} after {timeout_s:.0f} s")
+    return target.resolve().as_uri()
+
+
+def recover(
+    settings: Settings,
+    cluster: FlinkCluster,
+    name: str,
+    job_args: list[str],
+) -> tuple[str, str]:
+    """Resubmit ``name`` from its newest retained checkpoint; returns (checkpoint, how it was found).
+
+    Why not ZooKeeper HA: the checkpoints are already retained on the local
+    disk the JobManager shares with the TaskManager, so a restarted cluster
+    can resume from them without a quorum service, its ports and its data to
+    operate; what HA would add (no operator step) costs a third process
+    group on a one-machine stack. The job's own options are not stored by
+    Flink: pass them again after ``--`` (the topic prefix and other settings
+    come from the environment, as for ``submit``).
+    """
+    rest = ops.client(settings) if cluster.running() else None
+    path, found = ops.latest_retained(rest, settings, name)
+    submit(settings, cluster, name, job_args, detached=True, savepoint=path)
+    return path, found

@@ -11,6 +11,7 @@ them to the environment kind a job needs.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ JAVA_FUNCTIONS = {
     "ENVELOPE_TIME": "io.citystream.flink.EnvelopeTime",
     "EMISSIONS": "io.citystream.flink.Emissions",
     "SENSOR_SILENCE": "io.citystream.flink.SensorSilence",
+    "CHANNEL_RANGE_ERROR": "io.citystream.flink.ChannelRange",
 }
 
 
@@ -74,7 +76,7 @@ def job_options(
     parallelism: int | None = None,
     bounded: bool = False,
     savepoint: str | None = None,
-    checkpoint_interval: str = "10 s",
+    checkpoint_interval: str | None = None,
     idle_timeout: str = "10 s",
     jars: tuple[Path, ...] = (),
     overrides: Mapping[str, str] | None = None,
@@ -95,10 +97,7 @@ def job_options(
         "pipeline.name": name,
         "pipeline.jars": ";".join(j.as_uri() for j in (*connector_jars(settings), *jars)),
         "parallelism.default": str(parallelism or settings.flink_parallelism),
-        "execution.checkpointing.interval": checkpoint_interval,
-        "execution.checkpointing.mode": "EXACTLY_ONCE",
-        "execution.checkpointing.storage": "filesystem",
-        "execution.checkpointing.dir": (settings.run_dir / "flink" / "checkpoints" / name).as_uri(),
+        **checkpoint_options(settings, name, checkpoint_interval),
         "python.executable": settings.pyflink_python or sys.executable,
         "python.fn-execution.bundle.size": "10000",
         "table.local-time-zone": "UTC",
@@ -108,12 +107,77 @@ def job_options(
     }
     if savepoint:
         options["execution.state-recovery.path"] = savepoint
-    if bounded:
-        options["restart-strategy.type"] = "fixed-delay"
-        options["restart-strategy.fixed-delay.attempts"] = "2"
-        options["restart-strategy.fixed-delay.delay"] = "2 s"
+    options.update(restart_options("bounded" if bounded else settings.restart_strategy))
     options.update(overrides or {})
     return options
+
+
+#: ``CITYSTREAM_STATE_BACKEND`` -> Flink's ``state.backend.type`` (RocksDB ships inside flink-dist).
+STATE_BACKENDS = {"hashmap": "hashmap", "rocksdb": "rocksdb"}
+
+#: ``CITYSTREAM_RESTART_STRATEGY`` -> Flink options. ``bounded``: what bounded runs always use.
+RESTART_STRATEGIES: dict[str, dict[str, str]] = {
+    "exponential-delay": {
+        "restart-strategy.type": "exponential-delay",
+        "restart-strategy.exponential-delay.initial-backoff": "1 s",
+        "restart-strategy.exponential-delay.max-backoff": "1 min",
+    },
+    "fixed-delay": {
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": "10",
+        "restart-strategy.fixed-delay.delay": "10 s",
+    },
+    "failure-rate": {
+        "restart-strategy.type": "failure-rate",
+        "restart-strategy.failure-rate.max-failures-per-interval": "3",
+        "restart-strategy.failure-rate.failure-rate-interval": "5 min",
+        "restart-strategy.failure-rate.delay": "10 s",
+    },
+    "none": {"restart-strategy.type": "none"},
+    "bounded": {
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": "2",
+        "restart-strategy.fixed-delay.delay": "2 s",
+    },
+}
+
+
+def checkpoint_options(settings: Settings, name: str, interval: str | None = None) -> dict[str, str]:
+    """Checkpointing of every job: exactly once, on the file system, retained on cancel and failure.
+
+    Why retained: ``citystream jobs recover`` resumes a job whose JobManager
+    died from its newest completed checkpoint on disk, and a cancelled job
+    can be resumed the same way; Flink deletes all but the newest
+    ``retained_checkpoints`` while the job runs.
+    """
+    backend = STATE_BACKENDS.get(settings.state_backend)
+    if backend is None:
+        raise UserError(
+            f"CITYSTREAM_STATE_BACKEND={settings.state_backend!r}: use one of {', '.join(STATE_BACKENDS)}"
+        )
+    if settings.retained_checkpoints < 1:
+        raise UserError(
+            f"CITYSTREAM_RETAINED_CHECKPOINTS must be at least 1, got {settings.retained_checkpoints}"
+        )
+    return {
+        "execution.checkpointing.interval": interval or settings.checkpoint_interval,
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "execution.checkpointing.storage": "filesystem",
+        "execution.checkpointing.dir": (settings.run_dir / "flink" / "checkpoints" / name).as_uri(),
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": str(settings.retained_checkpoints),
+        "state.backend.type": backend,
+    }
+
+
+def restart_options(strategy: str) -> dict[str, str]:
+    """Flink's restart options for ``strategy`` (a name of :data:`RESTART_STRATEGIES`)."""
+    if strategy not in RESTART_STRATEGIES:
+        raise UserError(
+            f"CITYSTREAM_RESTART_STRATEGY={strategy!r}: use one of "
+            f"{', '.join(k for k in RESTART_STRATEGIES if k != 'bounded')}"
+        )
+    return RESTART_STRATEGIES[strategy]
 
 
 def table_environment(
@@ -123,7 +187,7 @@ def table_environment(
     parallelism: int | None = None,
     bounded: bool = False,
     savepoint: str | None = None,
-    checkpoint_interval: str = "10 s",
+    checkpoint_interval: str | None = None,
     overrides: Mapping[str, str] | None = None,
 ) -> TableEnvironment:
     """A streaming TableEnvironment with :func:`job_options` and the project's JVM functions."""
@@ -174,9 +238,12 @@ def stream_environment(
 
 
 def _millis(duration: str) -> int:
-    """``"10 s"`` / ``"500 ms"`` / ``"2 min"`` -> milliseconds (the forms job_options uses)."""
-    number, _, unit = duration.strip().partition(" ")
-    return int(float(number) * {"ms": 1, "s": 1000, "min": 60_000}[unit.strip() or "ms"])
+    """``"10 s"`` / ``"500ms"`` / ``"2 min"`` -> milliseconds (Flink's duration forms we accept)."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|min|)\s*", duration)
+    if match is None:
+        raise UserError(f"not a duration: {duration!r} (write e.g. '10 s', '500 ms', '2 min')")
+    number, unit = match.groups()
+    return int(float(number) * {"ms": 1, "s": 1000, "min": 60_000}[unit or "ms"])
 
 
 def detached() -> bool:

@@ -82,3 +82,11 @@ def test_libraries_contract_covers_every_module_but_the_cli() -> None:
     contracts = PYPROJECT["tool"]["importlinter"]["contracts"]
     libs = next(c for c in contracts if c.get("forbidden_modules") == ["citystream.cli"])
     assert set(libs["source_modules"]) == _top_level_modules() - {"citystream.cli", "citystream.chserver"}
+
+
+def test_registry_contract_keeps_engines_and_consumers_out() -> None:
+    """The jobs, the loader and the CLI import the registry; it must import none of them (nor Flink)."""
+    contracts = PYPROJECT["tool"]["importlinter"]["contracts"]
+    registry = next(c for c in contracts if c["source_modules"] == ["citystream.registry"])
+    needed = {"pyflink", "citystream.jobs", "citystream.cli", "citystream.dashboards", "citystream.simulator"}
+    assert needed <= set(registry["forbidden_modules"])

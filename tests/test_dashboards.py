@@ -359,6 +359,8 @@ def test_uids_are_fixed_unique_and_well_formed() -> None:
     # Spelled out: bookmarks, links and provisioned copies break if a uid changes.
     assert set(MODELS) == {
         "citystream-overview",
+        "citystream-alerts",
+        "citystream-sensors",
         "citystream-grid",
         "citystream-traffic",
         "citystream-water",
@@ -449,7 +451,7 @@ def test_queries_never_count_rows_awaiting_merge() -> None:
             if table == "window_aggregates" and not final:
                 # Allowed: DISTINCT key lists, and first-load lag (min(loaded_at) grouped per window).
                 assert "SELECT DISTINCT key_id" in query.sql or "min(loaded_at)" in query.sql, str(query)
-            if table in ("anomalies", "late_events", "dead_letters"):
+            if table in ("anomalies", "late_events", "dead_letters", "sensors"):  # or sensors_current
                 assert final, f"{query}: {table} without FINAL"
             assert table not in ("alerts", "sensor_health"), f"{query}: read {table}_latest instead"
 

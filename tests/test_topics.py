@@ -46,6 +46,7 @@ def test_project_spec_declares_every_topic_with_a_real_schema() -> None:
         "readings.traffic",
         "readings.water",
         "readings.grid",
+        "sensors",
         "aggregates",
         "anomalies",
         "alerts",

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "citystream.cli.dashboards",
     "citystream.cli.simulate",
     "citystream.cli.importer",
+    "citystream.cli.sensors",
     "citystream.cli.evaluate",
     "citystream.cli.backtest",
 ]

@@ -197,7 +197,8 @@ def _send(ds: Dataset, args: argparse.Namespace) -> int:
             summary = publish(
                 ds, KafkaSink(producer), prefix, speed=speed, shift_ms=shift, labels_file=args.labels_file
             )
-            expected = summary["readings_sent"] + summary["labels"]
+            # the sensors' registry entries went through the same producer, first
+            expected = summary["readings_sent"] + summary["labels"] + summary["registered"]
             if producer.sent != expected:
                 raise UserError(f"Kafka acknowledged {producer.sent} of {expected} records")
     if args.summary_json:
@@ -226,6 +227,8 @@ def _format(summary: dict[str, Any], dry_run: bool) -> str:
         f"{summary['skipped_rows']}",
         f"labels: {summary['labels']} -> {summary['labels_topic'] if not dry_run else '(dry run)'}",
     ]
+    if summary.get("registered"):
+        lines.append(f"registry: {summary['registered']} sensors registered on {summary['sensors_topic']}")
     if summary.get("events_per_s"):
         lines.append(f"sent in {summary['elapsed_s']:.2f} s ({summary['events_per_s']:,} events/s)")
     return "\n".join(lines)

@@ -1,9 +1,10 @@
-"""``citystream jobs run | submit | stop``: the flags around ``citystream.jobs.deploy``.
+"""``citystream jobs run | submit | stop | list | status | savepoint | cancel | logs | recover``.
 
 The same job file runs in-process on a local MiniCluster (``run``), on the
 project's standalone cluster (``submit``), and with plain ``flink run -py
 jobs/NAME.py -- ARGS`` on any cluster; ``stop`` takes a savepoint that
-``submit --from-savepoint PATH`` starts the upgraded code from.
+``submit --from-savepoint PATH`` starts the upgraded code from. The operating
+actions (list ... recover) talk to the cluster's REST API: see citystream/cli/jobs_ops.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from citystream.cli import jobs_ops
 from citystream.jobs.deploy import JOBS, run_local, stop, submit
 from citystream.settings import load as load_settings
 from citystream.stack import Flink
@@ -64,7 +66,7 @@ def _job_args(args: argparse.Namespace) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``citystream jobs run|submit|stop``."""
+    """Add ``citystream jobs`` and its actions."""
     jobs = sub.add_parser(
         "jobs",
         help="run or submit the PyFlink jobs",
@@ -107,3 +109,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="close every open window and emit its results first (decommissioning, not upgrades)",
     )  # fmt: skip
     p.set_defaults(handler=_cmd_stop)
+    jobs_ops.register(cmds)

@@ -96,6 +96,8 @@ def format_summary(summary: dict[str, Any], labels_file: Path | None, dry_run: b
             f"{p['undecodable']:>4}/{p['nan']}/{p['impossible']}  {anomalies}"
         )
     where = f" and {labels_file}" if labels_file else ""
+    if summary.get("registered"):
+        lines.append(f"registry: {summary['registered']} sensors registered on {summary['sensors_topic']}")
     lines.append(
         f"labels: {summary['labels']} -> {'(dry run)' if dry_run else summary['labels_topic']}{where}"
     )
@@ -251,8 +253,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             summary = sim.run(KafkaSink(producer), labels_file=args.labels_file, progress=progress)
             producer.flush()
             expected = summary["readings_sent"] + summary["labels"]
-            if producer.sent != expected:
-                raise UserError(f"Kafka acknowledged {producer.sent} of {expected} records")
+            # the registry entries went through the same producer, before the first reading
+            if producer.sent != expected + summary["registered"]:
+                raise UserError(
+                    f"Kafka acknowledged {producer.sent} of {expected + summary['registered']} records"
+                )
         summary["acknowledged"] = expected
     if args.summary_json:
         _write_json(args.summary_json, summary)

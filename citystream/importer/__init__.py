@@ -7,7 +7,8 @@ truth the simulator produces, so a detector cannot tell them apart.
 
 Modules: ``tables`` (CSV columns into numpy, pandas only here), ``formats``
 (CSV, NAB, BATADAL into a :class:`Dataset`), ``dataset`` (the model, value
-fields and naming rules), ``publish`` (encoding and delivery, paced or not).
+fields and naming rules), ``publish`` (encoding and delivery, paced or not),
+``sensors`` (the registry entries an import registers first).
 """
 
 from __future__ import annotations

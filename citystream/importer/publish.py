@@ -1,6 +1,8 @@
 """Encoding an import onto the readings and labels topics, paced or as fast as possible.
 
-Why labels first: they are known up front, and a detector scored against them
+Why sensors first: the domain jobs dead-letter readings of sensors the registry does not
+know, so a sink that can register (Kafka) gets the registry entries before anything else.
+Why labels next: they are known up front, and a detector scored against them
 must never see a reading whose label has not arrived yet. Readings go out in
 event-time order per topic, optionally at ``speed`` times real time, so a live
 pipeline sees them as it would see real sensors.
@@ -28,6 +30,7 @@ from citystream.importer.dataset import (
     Series,
     step_ms,
 )
+from citystream.importer.sensors import dataset_sensors
 from citystream.simulator.codec import BulkEncoder, Nullable, Strings
 
 
@@ -131,9 +134,11 @@ def publish(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Send labels first (they are known up front), then readings in event-time order; the summary."""
+    """Register the sensors (if the sink can), send labels, then readings in event-time order; the summary."""
     began = clock()
     encoded, skipped = encode(ds, topic_prefix, shift_ms)
+    register = getattr(sink, "register", None)
+    registered = register(f"{topic_prefix}sensors", dataset_sensors(ds, shift_ms)) if register else 0
     labels = [
         {**lb, "start_time": lb["start_time"] + shift_ms, "end_time": lb["end_time"] + shift_ms}
         for lb in ds.labels
@@ -181,6 +186,8 @@ def publish(
         "skipped_rows": skipped + ds.skipped_rows,
         "labels": len(labels),
         "labels_topic": f"{topic_prefix}labels",
+        "registered": registered,
+        "sensors_topic": f"{topic_prefix}sensors",
         "first_event_ms": min((int(e.times[0]) for e in encoded), default=None),
         "last_event_ms": max((int(e.times[-1]) for e in encoded), default=None),
         "elapsed_s": round(elapsed, 3),

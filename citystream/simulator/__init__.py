@@ -2,7 +2,8 @@
 
 Modules: ``model`` (zones, sites, sensors, topology), ``signals`` (vectorised
 generators), ``anomalies`` (ground truth), ``imperfections`` (what real feeds
-do), ``codec`` (column-wise Avro), ``engine`` (the run loop), ``calibration``
-(against public data), ``params`` (durations, times, speeds people type);
+do), ``codec`` (column-wise Avro), ``engine`` (the run loop), ``sensors`` (the
+run's registry entries), ``calibration`` (against public data), ``params``
+(durations, times, speeds people type);
 ``citystream simulate`` itself is ``citystream.cli.simulate``.
 """

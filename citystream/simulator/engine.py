@@ -26,10 +26,12 @@ import numpy as np
 
 from citystream import catalog, contracts
 from citystream.catalog import DOMAIN_NAMES
+from citystream.registry.model import Sensor
 from citystream.simulator import anomalies as anomaly_mod
 from citystream.simulator.codec import BulkEncoder, Nullable, Strings
 from citystream.simulator.imperfections import Imperfector, Rates
 from citystream.simulator.model import City, build_city
+from citystream.simulator.sensors import city_sensors
 from citystream.simulator.signals import GENERATORS
 
 #: Default simulated start: Monday 2026-01-05 00:00:00 UTC.
@@ -77,6 +79,11 @@ class SimConfig:
     def labels_topic(self) -> str:
         return f"{self.topic_prefix}labels"
 
+    @property
+    def sensors_topic(self) -> str:
+        """The sensor registry's compacted topic, where the run registers its sensors first."""
+        return f"{self.topic_prefix}sensors"
+
 
 class Sink(Protocol):
     """Where encoded messages go: Kafka, a counter (dry run) or a list (tests)."""
@@ -115,13 +122,24 @@ class CaptureSink:
 
 
 class KafkaSink:
-    """Produces through :class:`connectors.producer.ReadingProducer` (already opened by the caller)."""
+    """Produces through :class:`connectors.producer.ReadingProducer` (already opened by the caller).
+
+    Unlike the in-memory sinks it also registers the run's sensors (:meth:`register`): the
+    domain jobs dead-letter readings of sensors the registry does not know.
+    """
 
     def __init__(self, producer: Any) -> None:
         self.producer = producer
 
     def emit(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
         self.producer.send_many(topic, keys, values)
+
+    def register(self, topic: str, sensors: list[Sensor]) -> int:
+        """Upsert the registry entries (key sensor id) and wait until Kafka has them; how many."""
+        keys = [s.sensor_id.encode("utf-8") for s in sensors]
+        self.producer.send_many(topic, keys, [s.encode() for s in sensors])
+        self.producer.flush()  # registered before the first reading is even queued
+        return len(sensors)
 
     def flush(self) -> None:
         self.producer.flush()
@@ -269,6 +287,7 @@ class Simulation:
         )
         self.labels = [a.label(self.city.domains[a.domain]) for a in self.anomalies]
         self._order = 0
+        self.registered = 0
 
     # -- generation ------------------------------------------------------------------------
 
@@ -322,6 +341,10 @@ class Simulation:
         ids = idx.tolist()
         run.queue = _Queue(deliver[idx], order[idx], [all_keys[i] for i in ids], [all_values[i] for i in ids])
 
+    def sensors(self) -> list[Sensor]:
+        """The run's registry entries (one per sensor), installed before any of its readings."""
+        return city_sensors(self.city, self.cfg.start_ms)
+
     # -- delivery --------------------------------------------------------------------------
 
     def run(
@@ -343,6 +366,8 @@ class Simulation:
         label_queue = list(self.labels)
         label_schema = _label_encoder()
         sent = 0
+        register = getattr(sink, "register", None)
+        self.registered = register(cfg.sensors_topic, self.sensors()) if register else 0
 
         def deliver_until(until_ms: int | None) -> None:
             nonlocal sent
@@ -419,6 +444,8 @@ class Simulation:
             "readings_sent": total,
             "labels": len(self.labels),
             "labels_topic": cfg.labels_topic,
+            "registered": self.registered,
+            "sensors_topic": cfg.sensors_topic,
             "elapsed_s": round(elapsed_s, 3),
             "events_per_s": round(total / elapsed_s) if elapsed_s > 0 else None,
         }

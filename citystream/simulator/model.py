@@ -25,6 +25,9 @@ CENTRE_LAT = 38.72
 CENTRE_LON = -9.14
 #: Distance between zone centres, degrees of latitude (~2.2 km).
 ZONE_SPACING_DEG = 0.02
+#: Longest a zone's road of loop-detector stations gets, degrees (~1.8 km): a zone's sites stay
+#: near each other however many sensors a city has (the registry puts them on a map).
+ROAD_SPAN_DEG = 0.016
 
 
 @dataclass
@@ -207,11 +210,13 @@ def _build_traffic(total: int, zones: list[Zone], rng: np.random.Generator) -> D
             }
             dlat, dlon = _BEARING[direction]
             offset = (r - 0.5) * 0.004
+            # ~280 m between stations, closer on a long road so it stays inside its zone (~1.8 km)
+            spacing = min(0.0025, ROAD_SPAN_DEG / max(1, stations))
             for k in range(stations):
                 lanes = lanes_per_station[station_no]
                 station_no += 1
                 site = f"traffic-z{zi + 1:02d}-s{station_no:03d}"
-                along = (k - stations / 2) * 0.0025
+                along = (k - stations / 2) * spacing
                 lat = zone.lat + dlat * along + (offset if dlon else 0.0)
                 lon = zone.lon + dlon * along * 1.28 + (offset if dlat else 0.0)
                 road["sites"].append(site)
@@ -375,13 +380,15 @@ def _build_grid(total: int, zones: list[Zone], rng: np.random.Generator) -> Doma
     for fi, feeder in enumerate(feeders):
         zone = zone_by_id[feeder["zone_id"]]
         s = int(feeder["substation_id"][-2:]) - 1
+        # a feeder-head meter stands in its substation (the site), whichever area the feeder serves
+        site = zone_by_id[substations[s]["zones"][0]]
         for phase in ("a", "b", "c")[: min(3, left)]:
             dm.add(
                 f"{feeder['feeder_id']}-{phase}",
                 feeder["substation_id"],
                 zone.zone_id,
-                zone.lat - 0.003,
-                zone.lon + 0.004,
+                site.lat - 0.003,
+                site.lon + 0.004,
                 phase=phase,
                 feeder_id=feeder["feeder_id"],
                 feeder_index=fi,

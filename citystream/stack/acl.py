@@ -8,8 +8,11 @@ and by the demo for its own; a new prefix needs a ``stack up`` with it.
 
 Who may do what (``admin`` and the broker's ``controller`` are super users):
 
-* ``producer`` writes the inputs: ``readings.*`` and ``labels``;
-* ``jobs`` reads ``readings.*`` and ``aggregates`` (the detect job's input),
+* ``producer`` writes the inputs: ``readings.*``, ``labels`` and the sensor registry
+  ``sensors`` (the simulator, the importer and ``citystream sensors``), and reads ``sensors``
+  (a registry edit starts from the current entries);
+* ``jobs`` reads ``readings.*``, ``sensors`` (the registry the domain jobs join) and
+  ``aggregates`` (the detect job's input),
   writes every job output, and uses the jobs' consumer groups and
   transactional ids (these start with the topic prefix);
 * ``loader`` reads every routed result topic (:data:`ROUTES`), writes the
@@ -38,10 +41,14 @@ from citystream.errors import UserError
 from citystream.settings import Settings
 
 INPUT_PREFIX = "readings."
-PRODUCED = ("labels",)
+PRODUCED = ("labels", "sensors")
+#: What the sources read back: the registry, to edit it from its current entries.
+SOURCE_READS = ("sensors",)
+#: The group id registry readers give librdkafka (it looks the group up even when nothing commits).
+SOURCE_GROUP_PREFIX = "citystream-registry"
 #: What the Flink jobs write (the domain jobs' four outputs, the detect job's three).
 JOB_OUTPUTS = ("aggregates", "late-events", "dead-letter", "sensor-health", "anomalies", "alerts")
-JOB_INPUTS = ("aggregates",)
+JOB_INPUTS = ("aggregates", "sensors")
 #: Consumer groups of the jobs' Kafka sources (jobs/kafka_io.py, jobs/detect.py).
 JOB_GROUPS = (*(f"citystream-{name}" for name in DOMAIN_NAMES), "citystream-detect")
 #: Every loader's group starts so (the store's loader, the demo's, a test's).
@@ -66,6 +73,9 @@ def bindings(prefix: str) -> list[AclBinding]:
     out = _allow("producer", topic, prefix + INPUT_PREFIX, _PREFIXED, _WRITE)
     for suffix in PRODUCED:
         out += _allow("producer", topic, prefix + suffix, _PREFIXED, _WRITE)
+    for suffix in SOURCE_READS:
+        out += _allow("producer", topic, prefix + suffix, _PREFIXED, _READ)
+    out += _allow("producer", group, SOURCE_GROUP_PREFIX, _PREFIXED, _READ)
     out += _allow("jobs", topic, prefix + INPUT_PREFIX, _PREFIXED, _READ)
     for suffix in JOB_INPUTS:
         out += _allow("jobs", topic, prefix + suffix, _PREFIXED, _READ)
@@ -77,6 +87,7 @@ def bindings(prefix: str) -> list[AclBinding]:
     for suffix in ROUTES:
         out += _allow("loader", topic, prefix + suffix, _PREFIXED, _READ)
     out += _allow("loader", topic, prefix + DEAD_LETTER, _PREFIXED, _WRITE)
+    out += _allow("loader", topic, prefix + "alerts", _PREFIXED, _WRITE)  # its own stall alerts
     out += _allow("loader", group, LOADER_GROUP_PREFIX, _PREFIXED, _READ)
     return list(dict.fromkeys(out))  # DESCRIBE comes with READ and WRITE; Kafka refuses duplicates
 

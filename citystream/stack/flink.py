@@ -87,7 +87,14 @@ class Flink(Service):
             },
             "rest": {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": self.port},
             "parallelism": {"default": 1},
-            "execution": {"checkpointing": {"dir": (self.dir / "checkpoints").as_uri()}},
+            # How many completed checkpoints stay on disk is the JobManager's to decide: a job's own
+            # value is not used (measured: one kept), so the settings' value goes here.
+            "execution": {
+                "checkpointing": {
+                    "dir": (self.dir / "checkpoints").as_uri(),
+                    "num-retained": self.settings.retained_checkpoints,
+                }
+            },
             "python": {"executable": python, "client": {"executable": python}},
         }
         # Start from the bundled config (it carries the --add-opens flags Java 17 needs).
@@ -111,6 +118,19 @@ class Flink(Service):
         if launcher.wait(timeout=60) != 0:
             raise UserError(f"Flink start scripts failed; see {self.log}:\n{proc.tail(self.log)}")
         return launcher
+
+    def jobmanager_pid(self) -> int | None:
+        """The JobManager JVM's pid, from the pid file Flink's scripts write (``FLINK_PID_DIR``).
+
+        Why not the group's: the JobManager and TaskManager share one process
+        group, and a JobManager-loss drill must kill the JobManager alone.
+        """
+        for pid_file in self.dir.glob("flink-*-standalonesession.pid"):
+            pids = [int(p) for p in pid_file.read_text().split() if p.isdigit()]
+            alive = [p for p in pids if p in proc.group_members(self._state().get("pgid", 0) or 0)]
+            if alive:
+                return alive[-1]
+        return None
 
     def healthy(self) -> bool:
         return http_json(f"http://127.0.0.1:{self.port}/overview").get("taskmanagers", 0) >= 1

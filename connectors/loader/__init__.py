@@ -14,21 +14,36 @@ Contract:
   consumer group, or a planned range that compaction thinned meanwhile, is
   cut into other batches: its copies are rows with the same key, which
   ReplacingMergeTree merges away and FINAL / the *_latest views never show);
-* batches are bounded by size and time; a store that is slow or down is
-  retried with exponential backoff, nothing is committed (so nothing is
-  lost) until it answers, and records of one partition are written in
-  offset order, one batch after the other;
+* batches are bounded by rows, bytes (``settings.loader_batch_bytes``; a
+  record larger than that is a batch of its own) and time; a store that is
+  slow or down is retried with exponential backoff, nothing is committed (so
+  nothing is lost) until it answers, and records of one partition are written
+  in offset order, one batch after the other;
+* nothing is lost quietly: a table that refuses a batch - a column a
+  migration renamed, dropped or retyped (checked against the Avro contract
+  before a table's first insert, every 30 s, and on every refusal: see
+  :mod:`.tablecheck`), the table gone, the store read-only or refusing the
+  loader's user - *stalls* the loader: nothing committed, nothing
+  dead-lettered, retried with backoff, an ERROR log line naming table, topic,
+  error code and message, and a citystream Alert (domain ``pipeline``, kind
+  ``loader_stalled``, one ``alert_id`` per loader group and table) on the
+  alerts topic, resolved when the batch goes in (:mod:`.stall`). A batch
+  refused as bad data is bisected; only records refused *alone*, while the
+  table is shown not at fault, are dead-lettered (``rejected``, with the
+  store's error); every record refused alone with one error is the table's
+  fault (:mod:`.judge`). An error without a code that is no lost connection
+  is tried 3 times, then judged as data, never retried silently forever;
 * reads only committed Kafka transactions (the jobs write transactionally);
 * a record that is not one well-formed Avro record of its topic's schema is
   counted and produced to the dead-letter topic with the reason (from the
   dead-letter topic itself it goes straight into ``dead_letters``, never in
   a loop), before the batch's offsets are committed: never silently dropped.
-  Tombstones (null values on the compacted topics) delete nothing in
-  ClickHouse; they are counted and skipped;
+  Tombstones (null values on the compacted topics) are counted; on a topic
+  whose route deletes (``routes.TOMBSTONES``) each becomes its deletion row,
+  in offset order, elsewhere it is skipped;
 * records are not decoded in Python: bare Avro records are wrapped in an
   Avro container and ClickHouse decodes them (see connectors/avroframe.py),
-  after a vectorised framing check. A batch ClickHouse still rejects as bad
-  data falls back to decoding record by record in Python;
+  after a vectorised framing check;
 * Kafka and the store work at the same time: a writer thread inserts batch
   k while the consuming thread collects batch k+1; every consumer call stays
   on the consuming thread, which commits k's end together with k+1's plan
@@ -37,7 +52,8 @@ Contract:
   instance = consumer group) after the first batch, when the loader catches
   up, at most every ``metrics_every_s`` seconds otherwise, and at the end:
   rows_per_s, lag_records (records behind the end of the topics after the
-  last commit), batch_ms, rows_total, undecodable_total, retries_total;
+  last commit), batch_ms, rows_total, undecodable_total, rejected_total,
+  retries_total;
 * the rollups of window_aggregates are sealed here (citystream/store/rollups.py,
   migration 0005): at most every ``seal_every_s`` seconds, between two
   inserts of this loader (the sealer will not run beside an insert), a pass
@@ -49,8 +65,10 @@ Modules: :mod:`.routes` (topic -> table), :mod:`.offsets` (the offset planner:
 what is read and committed when, pure bookkeeping), :mod:`.kafka` (the
 consumer), :mod:`.writer` (inserts with deduplication tokens, retries),
 :mod:`.deadletters`, :mod:`.storelink` (the store connection),
-:mod:`.upkeep` (metrics, sealing), :mod:`.loop` (:class:`Loader`, which wires
-them) and :mod:`.background` (the loader beside the store server).
+:mod:`.upkeep` (metrics, sealing), :mod:`.tablecheck` / :mod:`.judge` /
+:mod:`.stall` (whose fault a refusal is, and saying so), :mod:`.loop`
+(:class:`Loader`, which wires them) and :mod:`.background` (the loader beside
+the store server).
 """
 
 from __future__ import annotations

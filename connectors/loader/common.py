@@ -15,6 +15,8 @@ class LoadStats:
     loaded: int = 0
     batches: int = 0
     undecodable: int = 0
+    #: Records the store refused alone (proven bad on their own): dead-lettered with the reason.
+    rejected: int = 0
     tombstones: int = 0
     retries: int = 0
     per_topic: dict[str, int] = field(default_factory=dict)
@@ -29,6 +31,8 @@ class LoadStats:
     #: Hours sealed by this loader, and the seconds its sealing passes took.
     sealed_hours: int = 0
     seal_s: float = 0.0
+    #: Bytes (Kafka values) of the largest batch collected: batches are bounded in bytes too.
+    largest_batch_bytes: int = 0
 
 
 @dataclass
@@ -44,7 +48,14 @@ class Abandoned(Exception):
 
 
 class BadData(Exception):
-    """The store refused a batch for its content (parse error, type mismatch): retrying cannot help."""
+    """The store refused a batch for its content (parse error, type mismatch): retrying cannot help.
+
+    ``code``: the ClickHouse error code (None: a conversion in the client, without a code).
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def sleep(seconds: float, stop: Callable[[], bool]) -> None:
@@ -74,6 +85,13 @@ def error_code(exc: BaseException) -> int | None:
         return code
     match = re.search(r"Code: (\d+)\.", str(exc))
     return int(match.group(1)) if match else None
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """A lost or refused connection (no ClickHouse error code): the store is down, not refusing."""
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    return error_code(exc) is None and isinstance(exc, OperationalError | OSError | ConnectionError)
 
 
 def one_line(exc: BaseException) -> str:

@@ -22,9 +22,11 @@ from citystream import contracts
 from citystream.connectors.avroframe import container
 from citystream.connectors.loader.common import Abandoned, LoadStats, Throughput, sleep
 from citystream.connectors.loader.deadletters import DeadLetters
+from citystream.connectors.loader.judge import Judge
 from citystream.connectors.loader.kafka import KafkaSource
 from citystream.connectors.loader.offsets import Key, OffsetPlanner
 from citystream.connectors.loader.routes import DEAD_LETTER, routes
+from citystream.connectors.loader.stall import ALERTS, RECORD, StallAlerts, store_insert
 from citystream.connectors.loader.storelink import StoreLink
 from citystream.connectors.loader.upkeep import Metrics, Sealer
 from citystream.connectors.loader.writer import Prepared, Writer
@@ -118,10 +120,19 @@ class Loader:
         seal_max_hours: int = 6,
         client_factory: Callable[[], Any] | None = None,
         topic_suffix: str = "",
+        batch_bytes: int | None = None,
+        check_every_s: float = 30.0,
+        unreachable_alert_s: float = 60.0,
     ) -> None:
-        """``topic_suffix``: load a replay's result topics (``<topic><suffix>``), e.g. into a shadow store."""
-        if batch_rows < 1 or batch_ms < 1:
-            raise ValueError("batch_rows and batch_ms must be at least 1")
+        """``topic_suffix``: load a replay's result topics (``<topic><suffix>``), e.g. into a shadow store.
+
+        ``batch_bytes``: bytes of record values per batch at most (None: ``settings.loader_batch_bytes``);
+        ``check_every_s``: how often each table is checked against its contract (judge.py);
+        ``unreachable_alert_s``: how long the store may be unreachable before a stall alert (stall.py).
+        """
+        batch_bytes = settings.loader_batch_bytes if batch_bytes is None else batch_bytes
+        if batch_rows < 1 or batch_ms < 1 or batch_bytes < 1:
+            raise ValueError("batch_rows, batch_ms and batch_bytes must be at least 1")
         self.settings = settings
         self.group_id = group_id
         self.routes = {r.topic: r for r in routes(settings, topic_suffix)}
@@ -132,14 +143,20 @@ class Loader:
         self.link = StoreLink(client_factory or (lambda: connect(settings)), self.stats, max_backoff_s)
         self.kafka = KafkaSource(
             settings, group_id, self.routes, self.planner, self.stats,
-            batch_rows=batch_rows, batch_ms=batch_ms, max_backoff_s=max_backoff_s,
+            batch_rows=batch_rows, batch_ms=batch_ms, max_backoff_s=max_backoff_s, batch_bytes=batch_bytes,
         )  # fmt: skip
         self.dead_letters = DeadLetters(
             settings, settings.topic(DEAD_LETTER) + topic_suffix, self.stats, max_backoff_s
         )
+        alerts_table = next(r.table for r in self.routes.values() if r.record == RECORD)
+        self.stalls = StallAlerts(
+            settings, settings.topic(ALERTS) + topic_suffix, group_id,
+            store_insert(self.link, db, alerts_table), unreachable_alert_s=unreachable_alert_s,
+        )  # fmt: skip
         self.writer = Writer(
-            self.routes, db, self.link, self.dead_letters, self.stats, throughput, max_backoff_s
-        )
+            self.routes, db, self.link, self.dead_letters, self.stats, throughput, max_backoff_s,
+            self.stalls, Judge(self.link, db, check_every_s),
+        )  # fmt: skip
         self.metrics = Metrics(
             self.link, db, group_id, self.stats, throughput, self.kafka.lag, metrics_every_s
         )
@@ -246,6 +263,7 @@ class Loader:
     def close(self) -> None:
         self.kafka.close()
         self.dead_letters.close()
+        self.stalls.close()
         self.link.drop()
 
 

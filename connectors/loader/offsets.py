@@ -16,21 +16,29 @@ The rules:
   next (its start as offset, its end as metadata); for a partition in both,
   the plan wins (its start is the previous batch's end);
 * with ``until_end`` a partition is done once its end offset at assignment
-  (or a partition-EOF event) is reached.
+  (or a partition-EOF event) is reached;
+* a batch holds at most ``max_bytes`` of record values (a record larger than
+  that is a batch of its own): what does not fit is carried, in order, to the
+  next batch. A replayed plan is taken whole (it was bounded when planned).
 """
 
 from __future__ import annotations
 
 import contextlib
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import accumulate, groupby
+from operator import itemgetter, methodcaller
 from typing import Any
 
 #: Prefix of the offset metadata that carries a batch's plan ("<prefix><end offset>").
 PLAN = "citystream-loader:plan="
 
 Key = tuple[str, int]
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+_TOPIC, _PARTITION = methodcaller("topic"), methodcaller("partition")
 #: A batch: each partition's messages in offset order.
 Parts = Mapping[Key, list[Any]]
 
@@ -88,8 +96,8 @@ class OffsetPlanner:
         """Every assigned partition is at its end (with ``until_end``)."""
         return bool(self.assigned) and all(key in self.eof for key in self.assigned)
 
-    def start_batch(self) -> Batch:
-        return Batch(self)
+    def start_batch(self, max_bytes: int | None = None) -> Batch:
+        return Batch(self, max_bytes)
 
     def commits(self, done: Parts | None, planned: Parts | None) -> list[Commit]:
         """One commit: ``done``'s ends, and ``planned``'s plan (its start, its end as metadata)."""
@@ -123,11 +131,15 @@ class Batch:
     and everything else goes to the planner's carry for the next batch.
     """
 
-    def __init__(self, planner: OffsetPlanner) -> None:
+    def __init__(self, planner: OffsetPlanner, max_bytes: int | None = None) -> None:
         self._planner = planner
         self.planned = dict(planner.plans)
         self.parts: dict[Key, list[Any]] = defaultdict(list)
         self.count = 0
+        #: Bytes of the values taken, and the bound (None: none); ``full`` once something was carried.
+        self.bytes = 0
+        self.max_bytes = None if self.planned else max_bytes
+        self.full = False
         pending, planner.carry = planner.carry, []
         for msg in pending:
             self.take(msg)
@@ -139,8 +151,37 @@ class Batch:
             if end is None or msg.offset() >= end:
                 self._planner.carry.append(msg)
                 return
+        size = len(msg) if self.max_bytes is not None else 0
+        if self.max_bytes is not None and (self.full or (self.count and self.bytes + size > self.max_bytes)):
+            self.full = True
+            self._planner.carry.append(msg)
+            return
         self.parts[key].append(msg)
         self.count += 1
+        self.bytes += size
+
+    def fill(self, msgs: list[Any]) -> None:
+        """Take a run of records (no plan, no errors) as far as the byte bound allows; carry the rest.
+
+        Iterates in C (map, accumulate, groupby) rather than a Python loop per record: the
+        consuming thread's hot path.
+        """
+        if self.full:
+            self._planner.carry.extend(msgs)
+            return
+        cut = len(msgs)
+        sizes = list(accumulate(map(len, msgs))) if self.max_bytes is not None else [0] * cut
+        if self.max_bytes is not None and sizes and sizes[-1] + self.bytes > self.max_bytes:
+            cut = bisect_right(sizes, self.max_bytes - self.bytes)
+            cut = 1 if cut == 0 and self.count == 0 else cut  # a record over the bound goes alone
+            self.full = True
+            self._planner.carry.extend(msgs[cut:])
+        taken = msgs[:cut]
+        keys = zip(map(_TOPIC, taken), map(_PARTITION, taken), strict=True)
+        for key, run in groupby(zip(keys, taken, strict=True), key=_FIRST):
+            self.parts[key].extend(map(_SECOND, run))
+        self.count += cut
+        self.bytes += sizes[cut - 1] if cut else 0
 
     def plan_complete(self) -> bool:
         """Every planned partition reached its plan's end (or the end of the partition)."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from citystream import contracts
+from citystream.connectors.loader.tombstones import Tombstone
 from citystream.settings import Settings
 
 #: Result topic (suffix in infra/topics.toml) -> (Avro record, table). The one routing table.
@@ -17,8 +18,13 @@ ROUTES: dict[str, tuple[str, str]] = {
     "late-events": ("citystream.LateEvent", "late_events"),
     "dead-letter": ("citystream.DeadLetter", "dead_letters"),
     "labels": ("citystream.Label", "labels"),
+    "sensors": ("citystream.Sensor", "sensors"),
 }
 DEAD_LETTER = "dead-letter"
+#: Topics whose tombstones delete the key's row (migration 0007's is_deleted); others' are skipped.
+TOMBSTONES: dict[str, Tombstone] = {
+    "sensors": Tombstone("citystream.Sensor", "sensor_id", {"status": "deleted"}),
+}
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,8 @@ class Route:
     table: str
     columns: tuple[str, ...]
     timestamp_columns: tuple[str, ...] = ()
+    #: How a null value becomes a deletion row; None: tombstones are counted and skipped.
+    tombstone: Tombstone | None = None
 
 
 def routes(settings: Settings, topic_suffix: str = "") -> list[Route]:
@@ -47,6 +55,7 @@ def routes(settings: Settings, topic_suffix: str = "") -> list[Route]:
                 table=table,
                 columns=tuple(f["name"] for f in fields),
                 timestamp_columns=tuple(f["name"] for f in fields if _is_timestamp(f["type"])),
+                tombstone=TOMBSTONES.get(suffix),
             )
         )
     return out

@@ -65,6 +65,7 @@ class Metrics:
             "batch_ms": self.throughput.last_batch_ms,
             "rows_total": float(self.stats.loaded),
             "undecodable_total": float(self.stats.undecodable),
+            "rejected_total": float(self.stats.rejected),
             "retries_total": float(self.stats.retries),
         }
         rows = [[ts, "loader", self.instance, name, value, {}] for name, value in values.items()]

@@ -286,3 +286,52 @@ SELECT
     'undecodable' AS reason, _error AS error, now64(3) AS received_at
 FROM kafka_dead_letter
 WHERE length(_error) > 0;
+
+-- ---------------------------------------------------------------- sensors -> sensors (the registry)
+-- Upserts only: the Kafka engine skips messages with an empty payload, so a tombstone
+-- deletes nothing on this path. Remove an entry registered by mistake on the server with
+--   INSERT INTO sensors (sensor_id, status) VALUES ('<id>', 'deleted')
+-- (is_deleted then defaults to 1; the citystream loader writes the same row for a tombstone).
+CREATE TABLE IF NOT EXISTS kafka_sensors
+(
+    sensor_id    String,
+    domain       String,
+    kind         String,
+    channels     Array(Tuple(name String, unit String, type String, min Nullable(Float64), max Nullable(Float64))),
+    site_id      String,
+    site_name    String,
+    zone_id      String,
+    zone_name    String,
+    areas        Array(String),
+    lat          Nullable(Float64),
+    lon          Nullable(Float64),
+    installed_at DateTime64(3, 'UTC'),
+    retired_at   Nullable(DateTime64(3, 'UTC')),
+    status       String,
+    owner        String,
+    tags         Array(String),
+    valid_from   DateTime64(3, 'UTC')
+)
+ENGINE = Kafka
+SETTINGS
+    kafka_broker_list = '${CITYSTREAM_KAFKA_BOOTSTRAP}',
+    kafka_topic_list = '${CITYSTREAM_TOPIC_PREFIX}sensors',
+    kafka_group_name = 'citystream-clickhouse-sensors',
+    kafka_format = 'AvroConfluent',
+    format_avro_schema_registry_url = '${SCHEMA_REGISTRY_URL}',
+    kafka_handle_error_mode = 'stream';
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_sensors_mv TO sensors AS
+SELECT
+    sensor_id, domain, kind, channels, site_id, site_name, zone_id, zone_name, areas, lat, lon,
+    installed_at, retired_at, status, owner, tags, valid_from
+FROM kafka_sensors
+WHERE length(_error) = 0;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_sensors_errors_mv TO dead_letters AS
+SELECT
+    _topic AS source_topic, toInt32(_partition) AS source_partition, toInt64(_offset) AS source_offset,
+    _key AS original_key, _raw_message AS original_value,
+    'undecodable' AS reason, _error AS error, now64(3) AS received_at
+FROM kafka_sensors
+WHERE length(_error) > 0;

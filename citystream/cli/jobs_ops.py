@@ -96,7 +96,9 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     settings = _settings(args)
     rest = ops.client(settings)
     if args.savepoint:
-        print(ops.savepoint(rest, args.job, savepoint_target(settings, args.savepoint_dir), cancel=True))
+        # Flink's stop-with-savepoint, not cancel-with-savepoint: with the latter a checkpoint
+        # may still commit output after the savepoint, which the restored job emits again.
+        print(ops.stop(rest, args.job, savepoint_target(settings, args.savepoint_dir)))
     else:
         print(f"cancelled {ops.cancel(rest, args.job)}")
     return 0
@@ -149,7 +151,8 @@ def register(cmds: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--savepoint",
         action="store_true",
-        help="savepoint, then cancel (resume with submit --from-savepoint)",
+        help="end it with a savepoint (Flink's stop-with-savepoint: sources stop first, nothing is "
+        "committed after it); resume with submit --from-savepoint",
     )
     p.add_argument("--savepoint-dir", type=Path, default=None, help="default RUN_DIR/flink/savepoints")
     p = add("logs", _cmd_logs, "the JobManager's and TaskManagers' log lines about a job")

@@ -68,11 +68,10 @@ from citystream.catalog import DOMAIN_NAMES
 from citystream.catalog import DOMAINS as CATALOG
 from citystream.connectors.producer import ReadingProducer, encode
 from citystream.jobs.common import Windows, process, window_options
-from citystream.jobs.kafka_io import raw_kafka_table, registry_kafka_table
+from citystream.jobs.kafka_io import raw_kafka_table
 from citystream.jobs.runtime import table_environment
 from citystream.jobs.sql import kafka_table
 from citystream.proc import free_port
-from citystream.registry.channels import all_channels
 from citystream.settings import Settings
 from citystream.stack import Kafka
 
@@ -121,29 +120,6 @@ def produce(settings: Settings, events: int, sensors: int) -> None:
                     values.append(value)
             producer.send_many(topic, keys, values)
         producer.flush()
-    register(settings, sensors)
-
-
-def register(settings: Settings, sensors: int) -> None:
-    """Every benchmark sensor in the registry (the jobs dead-letter unregistered sensors), before T0."""
-    records = []
-    for domain in DOMAINS:
-        channels = [
-            {"name": c.name, "unit": c.unit, "type": c.type, "min": c.min, "max": c.max}
-            for c in all_channels(domain)
-        ]
-        since = T0_MS - 3_600_000
-        for sensor in range(sensors):
-            records.append({
-                "sensor_id": f"{domain}-{sensor}", "domain": domain, "kind": "bench", "channels": channels,
-                "site_id": f"site{sensor // 10}", "zone_id": f"zone{sensor // 50}", "installed_at": since,
-                "status": "active", "valid_from": since,
-            })  # fmt: skip
-    with ReadingProducer(settings.kafka_bootstrap) as producer:
-        for r in records:
-            producer.send_encoded(
-                settings.topic("sensors"), r["sensor_id"].encode(), encode("citystream.Sensor", r)
-            )
 
 
 def _blackhole(t_env, name: str, like) -> None:
@@ -166,13 +142,7 @@ def run_domain(settings: Settings, domain_name: str, parallelism: int) -> float:
             bootstrap=settings.kafka_bootstrap, bounded=True, group_id=f"bench-{domain_name}",
         )
     )  # fmt: skip
-    t_env.execute_sql(
-        registry_kafka_table(
-            "registry", topic=settings.topic("sensors"), bootstrap=settings.kafka_bootstrap, bounded=True,
-            group_id=f"bench-{domain_name}-registry",
-        )
-    )  # fmt: skip
-    out = process(t_env, domain, t_env.from_path("raw"), t_env.from_path("registry"), windows)
+    out = process(t_env, domain, t_env.from_path("raw"), windows)
     stmt = t_env.create_statement_set()
     for what in ("aggregates", "late_events", "dead_letters", "sensor_health"):
         table = getattr(out, what)
@@ -247,7 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         admin = AdminClient({"bootstrap.servers": base.kafka_bootstrap})
         for f in admin.create_topics(
             [NewTopic(empty.topic(f"readings.{d}"), 2, 1) for d in DOMAINS]
-            + [NewTopic(empty.topic("sensors"), 1, 1)]
         ).values():
             f.result()
         runs: list[tuple[str, Callable[[Settings], float]]] = [

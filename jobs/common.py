@@ -32,13 +32,6 @@ Why this shape (numbers in benchmarks/jobs.py and the README):
   has the same (domain, key_kind, key_id, metric, window_start, window_end) and
   a higher revision, which ClickHouse's ReplacingMergeTree keeps. Keys are
   deterministic, so a row replayed after a restart replaces, never adds.
-* The sensor registry (``avro/citystream.Sensor.avsc``, the compacted sensors topic) is a
-  versioned table keyed by sensor_id with ``valid_from`` as its event time; every
-  structurally valid reading joins the version valid at its event time (event-time temporal
-  join), so an unknown, retired or foreign sensor and a channel outside its registered
-  physical range are dead letters with their reason, and a sensor registered while the job
-  runs counts from then on. The join emits a reading when the watermark passes it, before
-  forwarding that watermark, and lateness is decided before it, at the source's watermark.
 * Sensor health: ``SENSOR_SILENCE`` (a JVM process table function with one
   event-time timer per sensor) reports a sensor that stops reporting.
 * All sinks are transactional (exactly-once, committed on checkpoints) unless
@@ -179,43 +172,6 @@ def raw_columns(domain: Domain, windows: Windows) -> str:
   WATERMARK FOR `ts` AS `ts` - {interval(domain.out_of_order_s)}"""
 
 
-#: The sensor registry's record (the compacted sensors topic) and the JVM function checking ranges.
-REGISTRY_RECORD = "citystream.Sensor"
-
-
-def registry_columns() -> str:
-    """Computed columns (and watermark) of a registry table over ``raw_value`` (a Sensor's raw Avro).
-
-    Why computed columns and not Flink's ``avro`` format: a tombstone or an undecodable
-    entry must not fail the job (AVRO_DECODE gives a NULL record, so the entry has no
-    ``valid_from`` and joins nothing). The watermark is the version time itself: registry
-    entries are produced in the order they happen, and an idle registry stops holding the
-    readings back after the job's idle timeout.
-    """
-    rec = f"AVRO_DECODE(`raw_value`, 'ROW<{columns(REGISTRY_RECORD)}>').record"
-    return f"""`reg_domain` AS {rec}.`domain`,
-  `status` AS {rec}.`status`,
-  `installed_at` AS {rec}.`installed_at`,
-  `retired_at` AS {rec}.`retired_at`,
-  `channels` AS {rec}.`channels`,
-  `valid_from` AS {rec}.`valid_from`,
-  WATERMARK FOR `valid_from` AS `valid_from`"""
-
-
-_NUMERIC = {"int", "long", "float", "double", "boolean"}
-
-
-def _channel_fields(domain: Domain) -> list[str]:
-    """Reading fields that can carry a physical range (numbers and on/off), in record order."""
-    out = []
-    for f in avsc(domain.record)["fields"]:
-        t = f["type"]
-        branches = [b for b in (t if isinstance(t, list) else [t]) if b != "null"]
-        if f["name"] != "envelope" and len(branches) == 1 and branches[0] in _NUMERIC:
-            out.append(f["name"])
-    return out
-
-
 # --------------------------------------------------------------------------- the pure function
 
 
@@ -226,13 +182,8 @@ def _reading_fields(domain: Domain) -> list[str]:
 _ENVELOPE = ("sensor_id", "site_id", "zone_id", "domain", "seq", "quality")
 
 
-def process(
-    t_env: TableEnvironment, domain: Domain, raw: Table, registry: Table, windows: Windows | None = None
-) -> Outputs:
+def process(t_env: TableEnvironment, domain: Domain, raw: Table, windows: Windows | None = None) -> Outputs:
     """Raw readings (columns of :func:`raw_kafka_table`) -> aggregates, late events, dead letters, health.
-
-    ``registry`` is the versioned sensor registry (columns of :func:`registry_columns`, a
-    primary key on ``sensor_id`` and a watermark on ``valid_from``).
 
     Pure: no sources, sinks or job options are touched (the environment must
     carry :func:`window_options`); tests feed a bounded raw table and read the
@@ -245,9 +196,7 @@ def process(
     _check_window_options(t_env, w)
     p = f"_cs_{domain.name}"
     t_env.create_temporary_view(f"{p}_raw", raw)
-    t_env.create_temporary_view(f"{p}_registry", registry)
     _classify(t_env, domain, w, p)
-    _join_registry(t_env, domain, w, p)
     dead_letters, late_events = _rejected(t_env, w, p)
     _accepted(t_env, domain, w, p)
     sensor_health = t_env.sql_query(f"""
@@ -322,101 +271,18 @@ def _too_late(w: Windows) -> str:
     return f"wm_ms IS NOT NULL AND wm_ms >= first_end_ms - 1 + {int(w.allowed_lateness_s) * 1000}"
 
 
-_CARRIED = "src_topic, src_partition, src_offset, raw_key, raw_value, ts, wm, wm_ms, ts_ms, first_end_ms"
-
-
-def _join_registry(t_env: TableEnvironment, domain: Domain, w: Windows, p: str) -> None:
-    """``{p}_classified`` -> ``{p}_checked``: valid readings joined to their sensor's registry version.
-
-    Duplicates are numbered before the join (``occurrence``), on the readings within the
-    allowed lateness, because the proctime order they need does not survive a join; the
-    readings beyond it join too, so a reading that is both impossible and late is a dead
-    letter, as before the registry. The join is keyed by sensor and emits each sensor's
-    readings in arrival order, so the first delivery of a duplicate stays the first.
-
-    Known limit: Flink gives the temporal join the job-wide idle-state retention
-    (``table.exec.state.ttl``, set to ``dedup_ttl_s`` for the duplicate counts), so a sensor
-    that sends nothing for that long (processing time) loses its registry entry in the
-    join and its next readings are 'unknown_sensor' until its entry is published again.
-    """
-    cols = f"{_CARRIED}, {_columns(domain)}"
-    t_env.create_temporary_view(
-        f"{p}_valid",
-        t_env.sql_query(f"""
-  SELECT {cols},
-         COUNT(*) OVER (PARTITION BY sensor_id, seq ORDER BY pt
-                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS occurrence
-  FROM {p}_classified WHERE reason IS NULL AND NOT ({_too_late(w)})
-  UNION ALL
-  SELECT {cols}, CAST(NULL AS BIGINT) AS occurrence
-  FROM {p}_classified WHERE reason IS NULL AND {_too_late(w)}"""),
-    )
-    ranges = ", ".join(
-        f"CHANNEL_RANGE_ERROR(r.channels, '{c}', CAST(v.`{c}` AS DOUBLE))" for c in _channel_fields(domain)
-    )
-    t_env.create_temporary_view(
-        f"{p}_joined",
-        t_env.sql_query(f"""
-  SELECT v.*, r.sensor_id AS reg_id, r.reg_domain, r.status AS reg_status, r.installed_at, r.retired_at,
-         {f"COALESCE({ranges})" if ranges else "CAST(NULL AS STRING)"} AS range_error
-  FROM {p}_valid AS v
-  LEFT JOIN {p}_registry FOR SYSTEM_TIME AS OF v.ts AS r ON v.sensor_id = r.sensor_id"""),
-    )
-    retired = "reg_status = 'retired' OR (retired_at IS NOT NULL AND ts >= retired_at)"
-    cases = (
-        (
-            "reg_id IS NULL OR reg_domain IS NULL",  # no version then, or an unreadable entry
-            "unknown_sensor",
-            "CONCAT('sensor ', sensor_id, ' is not in the sensor registry at ', CAST(ts AS STRING))",
-        ),
-        (
-            f"reg_domain <> '{domain.name}'",
-            "unknown_sensor",
-            f"CONCAT('sensor ', sensor_id, ' is registered as a ', reg_domain, ' sensor, not {domain.name}')",
-        ),
-        (
-            "ts < installed_at",
-            "unknown_sensor",
-            "CONCAT('sensor ', sensor_id, ' is registered as installed at ', CAST(installed_at AS STRING), "
-            "', after this reading')",
-        ),
-        (
-            retired,
-            "retired_sensor",
-            "CONCAT('sensor ', sensor_id, ' was retired at ', COALESCE(CAST(retired_at AS STRING), '?'))",
-        ),
-        ("range_error IS NOT NULL", "invalid_value", "range_error"),
-    )
-    reason = "\n      ".join(f"WHEN {cond} THEN '{why}'" for cond, why, _ in cases)
-    error = "\n      ".join(f"WHEN {cond} THEN {msg}" for cond, _, msg in cases)
-    t_env.create_temporary_view(
-        f"{p}_checked",
-        t_env.sql_query(f"""
-  SELECT {_CARRIED}, {_columns(domain)}, occurrence,
-    CASE {reason} END AS reason,
-    CASE {error} END AS error
-  FROM {p}_joined"""),
-    )
-
-
 def _rejected(t_env: TableEnvironment, w: Windows, p: str) -> tuple[Table, Table]:
-    """(dead letters, late events): every reading not aggregated, with why.
-
-    Undecodable and structurally impossible readings never reach the registry join (they
-    have no usable sensor or event time); the rest are rejected by it or accepted.
-    """
-    dead = """SELECT src_topic AS source_topic, src_partition AS source_partition,
-         src_offset AS source_offset, raw_key AS original_key, raw_value AS original_value,
-         reason, COALESCE(error, '') AS error, CAST(LOCALTIMESTAMP AS TIMESTAMP(3)) AS received_at"""
+    """(dead letters, late events) of ``{p}_classified``: every reading not aggregated, with why."""
     dead_letters = t_env.sql_query(f"""
-  {dead} FROM {p}_classified WHERE reason IS NOT NULL
-  UNION ALL
-  {dead} FROM {p}_checked WHERE reason IS NOT NULL""")
+  SELECT src_topic AS source_topic, src_partition AS source_partition, src_offset AS source_offset,
+         raw_key AS original_key, raw_value AS original_value, reason, COALESCE(error, '') AS error,
+         CAST(LOCALTIMESTAMP AS TIMESTAMP(3)) AS received_at
+  FROM {p}_classified WHERE reason IS NOT NULL""")
     late_events = t_env.sql_query(f"""
   SELECT src_topic AS source_topic, src_partition AS source_partition, src_offset AS source_offset,
          sensor_id, CAST(ts AS TIMESTAMP(3)) AS event_time, wm AS `watermark`,
          wm_ms - ts_ms AS lateness_ms, raw_value AS original
-  FROM {p}_checked WHERE reason IS NULL AND {_too_late(w)}""")
+  FROM {p}_classified WHERE reason IS NULL AND {_too_late(w)}""")
     return dead_letters, late_events
 
 
@@ -426,16 +292,20 @@ def _accepted(t_env: TableEnvironment, domain: Domain, w: Windows, p: str) -> No
     ``occurrence`` numbers deliveries of one (sensor, seq), so a duplicate is counted in
     ``duplicates`` and aggregated once.
     """
-    accepted = f"{p}_checked WHERE reason IS NULL AND NOT ({_too_late(w)})"
     t_env.create_temporary_view(
-        f"{p}_accepted", t_env.sql_query(f"SELECT sensor_id, site_id, zone_id, `domain`, ts FROM {accepted}")
+        f"{p}_accepted",
+        t_env.sql_query(f"""
+  SELECT sensor_id, site_id, zone_id, `domain`, ts
+  FROM {p}_classified WHERE reason IS NULL AND NOT ({_too_late(w)})"""),
     )
     t_env.create_temporary_view(
         f"{p}_marked",
         t_env.sql_query(f"""
   SELECT ts, ts_ms, wm_ms, wm_ms IS NOT NULL AND ts_ms < wm_ms AS is_late, {_columns(domain)},
-         {domain.zone} AS zone_key, occurrence
-  FROM {accepted}"""),
+         {domain.zone} AS zone_key,
+         COUNT(*) OVER (PARTITION BY sensor_id, seq ORDER BY pt
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS occurrence
+  FROM {p}_classified WHERE reason IS NULL AND NOT ({_too_late(w)})"""),
     )
 
 

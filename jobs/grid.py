@@ -25,8 +25,14 @@ GRID = Domain(
     topic="readings.grid",
     zone_kind="substation",
     zone="`site_id`",
-    # Physical ranges come from the sensor registry (citystream/registry/), not from code.
-    checks=(),
+    checks=(
+        ("voltage_v >= 0 AND voltage_v <= 500000", "voltage_v outside [0, 500 kV]"),
+        ("current_a >= 0 AND current_a <= 100000", "current_a outside [0, 100 kA]"),
+        ("frequency_hz >= 40 AND frequency_hz <= 70", "frequency_hz outside [40, 70] Hz"),
+        ("ABS(active_power_kw) <= 1000000", "active_power_kw beyond 1 GW"),
+        ("ABS(reactive_power_kvar) <= 1000000", "reactive_power_kvar beyond 1 Gvar"),
+        ("power_factor >= -1 AND power_factor <= 1", "power_factor outside [-1, 1]"),
+    ),
     metrics=(
         Metric("voltage_v", value="voltage_v"),
         Metric("current_a", value="current_a"),
@@ -48,9 +54,9 @@ GRID = Domain(
 )
 
 
-def grid_job(t_env: TableEnvironment, raw: Table, registry: Table, windows: Windows | None = None) -> Outputs:
+def grid_job(t_env: TableEnvironment, raw: Table, windows: Windows | None = None) -> Outputs:
     """Raw grid readings -> (aggregates, late events, dead letters); see jobs.common.process."""
-    return process(t_env, GRID, raw, registry, windows)
+    return process(t_env, GRID, raw, windows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,15 +14,7 @@ from pyflink.table import StatementSet, TableEnvironment, TableResult
 
 from citystream import kafkaconf
 from citystream.jobs.cli import parse_domain_args
-from citystream.jobs.common import (
-    Domain,
-    Outputs,
-    Windows,
-    process,
-    raw_columns,
-    registry_columns,
-    window_options,
-)
+from citystream.jobs.common import Domain, Outputs, Windows, process, raw_columns, window_options
 from citystream.jobs.runtime import detached, table_environment
 from citystream.jobs.sql import kafka_table, offset_options
 from citystream.settings import Settings
@@ -69,12 +61,6 @@ def raw_kafka_table(
         options["scan.bounded.mode"] = "latest-offset"
     if offsets is not None:
         options.update(offset_options(offsets))
-    if bounded or offsets is not None:
-        # A bounded read never waits on an empty partition (its split ends), and an idle
-        # readings source would let the finished registry's final watermark run ahead of
-        # readings still to come (the registry join takes the lower of its two inputs,
-        # ignoring an idle one): a stall of the loaded machine must not make readings late.
-        options["scan.watermark.idle-timeout"] = "365 d"
     if watermark_on_event:
         options["scan.watermark.emit.strategy"] = "on-event"
     opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
@@ -85,48 +71,6 @@ def raw_kafka_table(
   `src_partition` INT METADATA FROM 'partition' VIRTUAL,
   `src_offset` BIGINT METADATA FROM 'offset' VIRTUAL,
   {raw_columns(domain, windows)}
-) WITH (
-  {opts}
-)"""
-
-
-def registry_kafka_table(
-    table: str,
-    *,
-    topic: str,
-    bootstrap: str,
-    bounded: bool = False,
-    group_id: str,
-    security: Mapping[str, str] | None = None,
-) -> str:
-    """``CREATE TEMPORARY TABLE`` of the sensor registry: the compacted sensors topic as a versioned table.
-
-    ``upsert-kafka`` turns the topic into a changelog keyed by sensor_id (a tombstone
-    deletes the entry) and always reads it from the beginning: the registry is never
-    replayed or offset-ranged, so a replay judges readings by the registry as it is.
-    No offsets are committed (the group only names the reader). ``bounded`` stops at the
-    end current when the job starts, so a bounded job ends.
-    """
-    options = {
-        "connector": "upsert-kafka",
-        "topic": topic,
-        "properties.bootstrap.servers": bootstrap,
-        "properties.group.id": group_id,
-        "properties.isolation.level": "read_committed",
-        "properties.commit.offsets.on.checkpoint": "false",
-        "key.format": "raw",
-        "value.format": "raw",
-        "value.fields-include": "EXCEPT_KEY",
-        **(security or {}),
-    }
-    if bounded:
-        options["scan.bounded.mode"] = "latest-offset"
-    opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
-    return f"""CREATE TEMPORARY TABLE `{table}` (
-  `sensor_id` STRING NOT NULL,
-  `raw_value` BYTES,
-  {registry_columns()},
-  PRIMARY KEY (`sensor_id`) NOT ENFORCED
 ) WITH (
   {opts}
 )"""
@@ -165,9 +109,7 @@ def build(
     output_suffix: str = "",
     input_suffix: str = "",
 ) -> dict[str, str]:
-    """Register the raw source (``<domain>_raw``), the registry (``<domain>_registry``) and the four sinks.
-
-    Returns output name -> sink table.
+    """Register the raw source and the four sinks for ``domain``; returns output name -> sink table.
 
     A replay (``citystream replay``) passes the exact ``offsets`` to read and an
     ``output_suffix`` (``.replay.<run id>``) that goes on every result topic,
@@ -182,12 +124,6 @@ def build(
             topic=settings.topic(domain.topic) + input_suffix, bootstrap=settings.kafka_bootstrap,
             bounded=bounded, group_id=job, watermark_on_event=watermark_on_event, security=security,
             offsets=offsets,
-        )
-    )  # fmt: skip
-    t_env.execute_sql(
-        registry_kafka_table(
-            f"{domain.name}_registry", topic=settings.topic("sensors"), bootstrap=settings.kafka_bootstrap,
-            bounded=bounded or offsets is not None, group_id=f"{job}-registry", security=security,
         )
     )  # fmt: skip
     sinks = {
@@ -254,13 +190,7 @@ def run_domain_job(
         watermark_on_event=watermark_on_event, offsets=offsets, output_suffix=output_suffix,
         input_suffix=input_suffix,
     )  # fmt: skip
-    outputs = process(
-        t_env,
-        domain,
-        t_env.from_path(f"{domain.name}_raw"),
-        t_env.from_path(f"{domain.name}_registry"),
-        windows,
-    )
+    outputs = process(t_env, domain, t_env.from_path(f"{domain.name}_raw"), windows)
     result = insert_all(t_env, outputs, sinks)
     if not detached():
         result.wait()

@@ -37,7 +37,6 @@ JAVA_FUNCTIONS = {
     "ENVELOPE_TIME": "io.citystream.flink.EnvelopeTime",
     "EMISSIONS": "io.citystream.flink.Emissions",
     "SENSOR_SILENCE": "io.citystream.flink.SensorSilence",
-    "CHANNEL_RANGE_ERROR": "io.citystream.flink.ChannelRange",
 }
 
 

@@ -33,11 +33,17 @@ TRAFFIC = Domain(
     topic="readings.traffic",
     zone_kind="zone",
     zone="`zone_id`",
-    # Structural only: physical ranges come from the sensor registry (citystream/registry/).
-    # The count's rate bound relates two fields, which a per-channel range cannot say.
     checks=(
-        ("interval_s > 0", "interval_s not positive"),
-        ("vehicle_count <= 10 * interval_s", "vehicle_count above 10 per second of interval_s"),
+        ("interval_s > 0 AND interval_s <= 3600", "interval_s outside (0, 3600] s"),
+        (
+            "vehicle_count >= 0 AND vehicle_count <= 10 * interval_s",
+            "vehicle_count negative or above 10 per second",
+        ),
+        (
+            "mean_speed_kmh IS NULL OR (mean_speed_kmh >= 0 AND mean_speed_kmh <= 300)",
+            "mean_speed_kmh outside [0, 300]",
+        ),
+        ("occupancy_pct >= 0 AND occupancy_pct <= 100", "occupancy_pct outside [0, 100]"),
     ),
     metrics=(
         Metric("vehicle_count", value="CAST(vehicle_count AS DOUBLE)"),
@@ -67,11 +73,9 @@ TRAFFIC = Domain(
 )
 
 
-def traffic_job(
-    t_env: TableEnvironment, raw: Table, registry: Table, windows: Windows | None = None
-) -> Outputs:
+def traffic_job(t_env: TableEnvironment, raw: Table, windows: Windows | None = None) -> Outputs:
     """Raw traffic readings -> (aggregates, late events, dead letters); see jobs.common.process."""
-    return process(t_env, TRAFFIC, raw, registry, windows)
+    return process(t_env, TRAFFIC, raw, windows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,8 +29,26 @@ WATER = Domain(
     topic="readings.water",
     zone_kind="dma",
     zone="CASE WHEN `dma_id` = '' THEN `zone_id` ELSE `dma_id` END",
-    # Physical ranges come from the sensor registry (citystream/registry/), not from code.
-    checks=(),
+    checks=(
+        ("flow_lps IS NULL OR ABS(flow_lps) <= 100000", "flow_lps beyond 100 m3/s"),
+        (
+            "pressure_bar IS NULL OR (pressure_bar >= -1 AND pressure_bar <= 40)",
+            "pressure_bar outside [-1, 40]",
+        ),
+        (
+            "tank_level_m IS NULL OR (tank_level_m >= 0 AND tank_level_m <= 100)",
+            "tank_level_m outside [0, 100]",
+        ),
+        ("ph IS NULL OR (ph >= 0 AND ph <= 14)", "ph outside [0, 14]"),
+        (
+            "turbidity_ntu IS NULL OR (turbidity_ntu >= 0 AND turbidity_ntu <= 10000)",
+            "turbidity_ntu outside [0, 10000]",
+        ),
+        (
+            "chlorine_mgl IS NULL OR (chlorine_mgl >= 0 AND chlorine_mgl <= 100)",
+            "chlorine_mgl outside [0, 100]",
+        ),
+    ),
     metrics=(
         Metric("pressure_bar", value="pressure_bar"),
         Metric("flow_lps", value="flow_lps"),
@@ -51,11 +69,9 @@ WATER = Domain(
 )
 
 
-def water_job(
-    t_env: TableEnvironment, raw: Table, registry: Table, windows: Windows | None = None
-) -> Outputs:
+def water_job(t_env: TableEnvironment, raw: Table, windows: Windows | None = None) -> Outputs:
     """Raw water readings -> (aggregates, late events, dead letters); see jobs.common.process."""
-    return process(t_env, WATER, raw, registry, windows)
+    return process(t_env, WATER, raw, windows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

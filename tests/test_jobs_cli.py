@@ -22,7 +22,6 @@ from citystream.connectors.producer import ReadingProducer
 from citystream.jobs.deploy import flink_run_command
 from citystream.proc import child_env
 from citystream.stack import Flink
-from tests.registry_helpers import register
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +38,6 @@ def _traffic(sensor: str, second: int, seq: int, count: int) -> dict:
 def test_jobs_run_traffic_bounded(kafka) -> None:
     settings = kafka.settings_.replace(topic_prefix="cli.")
     topic = settings.topic("readings.traffic")
-    register(settings, {"t1": "traffic", "t2": "traffic"}, installed_at=T0_MS - 3_600_000)
     with ReadingProducer(settings.kafka_bootstrap) as producer:
         for i in range(9):  # two sensors, three minutes, one duplicate
             producer.send(topic, "citystream.TrafficReading", _traffic("t1", 20 * i, i + 1, 3))

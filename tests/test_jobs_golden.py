@@ -44,7 +44,6 @@ from citystream.jobs.runtime import table_environment
 from citystream.jobs.traffic import TRAFFIC
 from citystream.jobs.water import WATER
 from citystream.settings import ROOT
-from tests.registry_helpers import register
 
 pytestmark = pytest.mark.integration
 
@@ -459,9 +458,6 @@ def inputs(kafka) -> dict[str, list[Delivery]]:
             for d in DOMAINS:
                 for x in data[d]:
                     producer.send_encoded(settings.topic(f"readings.{d}"), x.key, x.value)
-        # Every sensor the readings name, in service since before the first reading.
-        sensors = {x.key.decode(): d for d in DOMAINS for x in data[d] if x.key not in (None, b"poison")}
-        register(settings, sensors, installed_at=T0_MS - 3_600_000)
     return data
 
 
@@ -494,9 +490,7 @@ def outputs(request, kafka, inputs) -> dict[str, list[dict]]:
     for name in DOMAINS:
         domain = specs[name]
         sinks = build(t_env, settings, domain, windows, bounded=True, watermark_on_event=True)
-        out = process(
-            t_env, domain, t_env.from_path(f"{name}_raw"), t_env.from_path(f"{name}_registry"), windows
-        )
+        out = process(t_env, domain, t_env.from_path(f"{name}_raw"), windows)
         add_inserts(stmt, out, sinks)
     stmt.execute().wait()
     return {

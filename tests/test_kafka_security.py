@@ -233,8 +233,7 @@ def test_grid_job_over_sasl_ssl(secure: Settings, capfd: pytest.CaptureFixture[s
     from citystream.jobs.grid import GRID
     from citystream.jobs.kafka_io import build, insert_all
     from citystream.jobs.runtime import table_environment
-    from tests.registry_helpers import registry_messages
-    from tests.test_kafka_pipeline import T0_MS, readings
+    from tests.test_kafka_pipeline import readings
 
     settings = secure.replace(topic_prefix="secjob.")
     admin = kafkaconf.kafka_python(settings, "admin")
@@ -243,9 +242,6 @@ def test_grid_job_over_sasl_ssl(secure: Settings, capfd: pytest.CaptureFixture[s
     with ReadingProducer.from_settings(settings) as producer:
         for r in rows:
             producer.send(settings.topic("readings.grid"), "citystream.GridReading", r)
-        sensors = {r["envelope"]["sensor_id"]: "grid" for r in rows}
-        for key, value in registry_messages(sensors, installed_at=T0_MS - 3_600_000):
-            producer.send_encoded(settings.topic("sensors"), key, value)
     flink_log = Path(pyflink.__file__).parent / "log" / "flink-root-python-vm.log"  # the MiniCluster's log
     start = flink_log.stat().st_size if flink_log.exists() else 0
     windows = Windows()
@@ -253,8 +249,7 @@ def test_grid_job_over_sasl_ssl(secure: Settings, capfd: pytest.CaptureFixture[s
         settings, job="secjob", parallelism=1, checkpoint_interval="2 s", overrides=window_options(windows)
     )
     sinks = build(t_env, settings, GRID, windows, bounded=True)
-    out = process(t_env, GRID, t_env.from_path("grid_raw"), t_env.from_path("grid_registry"), windows)
-    insert_all(t_env, out, sinks).wait()
+    insert_all(t_env, process(t_env, GRID, t_env.from_path("grid_raw"), windows), sinks).wait()
     aggregates = [
         contracts.decode("citystream.WindowAggregate", v)
         for v in _drain(settings, settings.topic("aggregates"))

@@ -23,12 +23,11 @@ from citystream.catalog import GRID as GRID_SPEC
 from citystream.connectors.producer import ReadingProducer
 from citystream.jobs.common import Windows, process, window_options
 from citystream.jobs.grid import GRID
-from citystream.jobs.kafka_io import build, insert_all, raw_kafka_table, registry_kafka_table
+from citystream.jobs.kafka_io import build, insert_all, raw_kafka_table
 from citystream.jobs.runtime import table_environment
 from citystream.jobs.traffic import TRAFFIC
 from citystream.jobs.water import WATER
 from citystream.settings import Settings
-from tests.registry_helpers import register
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +81,6 @@ def produced(kafka) -> dict[int, Settings]:
             for r in READINGS:
                 producer.send(settings.topic("readings.grid"), "citystream.GridReading", r)
             producer.flush()
-        register(settings, {"g1": "grid", "g2": "grid"}, installed_at=T0_MS - 3_600_000)
         out[p] = settings
     return out
 
@@ -96,8 +94,7 @@ def _sensor_minutes(settings: Settings, parallelism: int) -> list[tuple]:
         overrides=window_options(windows),
     )  # fmt: skip
     sinks = build(t_env, settings, domain, windows, bounded=True, watermark_on_event=True)
-    out = process(t_env, domain, t_env.from_path("grid_raw"), t_env.from_path("grid_registry"), windows)
-    insert_all(t_env, out, sinks).wait()
+    insert_all(t_env, process(t_env, domain, t_env.from_path("grid_raw"), windows), sinks).wait()
     consumer = KafkaConsumer(
         settings.topic("aggregates"), bootstrap_servers=settings.kafka_bootstrap,
         auto_offset_reset="earliest", consumer_timeout_ms=4000, isolation_level="read_committed",
@@ -136,10 +133,6 @@ def test_one_row_per_sensor_metric_and_window(sensor_minutes: list[tuple]) -> No
     assert [r[4] for r in frequency] == [3, 3, 2, 1]
 
 
-def _registry(table: str) -> str:
-    return registry_kafka_table(table, topic="unused", bootstrap="127.0.0.1:9", group_id="unused")
-
-
 def _plan_names(domains: list) -> tuple[list[str], list[str], dict[str, str]]:
     """Process ``domains`` in order in a fresh environment: (grid's views, grid's state uids, options)."""
 
@@ -149,8 +142,7 @@ def _plan_names(domains: list) -> tuple[list[str], list[str], dict[str, str]]:
     grid = None
     for d in domains:
         t_env.execute_sql(raw_kafka_table(f"{d.name}_raw", d, w, topic="unused", bootstrap="127.0.0.1:9"))
-        t_env.execute_sql(_registry(f"{d.name}_registry"))
-        out = process(t_env, d, t_env.from_path(f"{d.name}_raw"), t_env.from_path(f"{d.name}_registry"), w)
+        out = process(t_env, d, t_env.from_path(f"{d.name}_raw"), w)
         grid = out if d.name == "grid" else grid
     assert t_env.get_config().get_configuration().to_dict() == before  # process changes no option
     views = sorted(v for v in t_env.list_temporary_views() if v.startswith("_cs_grid"))
@@ -171,6 +163,5 @@ def test_views_and_state_uids_depend_on_domain_key_and_window_kind_only() -> Non
 def test_process_refuses_an_environment_without_window_options() -> None:
     t_env = table_environment(Settings(), job="bare")
     t_env.execute_sql(raw_kafka_table("grid_raw", GRID, Windows(), topic="unused", bootstrap="127.0.0.1:9"))
-    t_env.execute_sql(_registry("grid_registry"))
     with pytest.raises(ValueError, match="window options"):
-        process(t_env, GRID, t_env.from_path("grid_raw"), t_env.from_path("grid_registry"), Windows())
+        process(t_env, GRID, t_env.from_path("grid_raw"), Windows())
